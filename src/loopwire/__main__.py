@@ -1,0 +1,3 @@
+from loopwire.cli import app
+
+app()

@@ -1,0 +1,124 @@
+"""The `loopwire serve` application: sources, the log, the couriers, health, metrics and the console."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from loopwire.config import Config
+from loopwire.destinations.base import Destination
+from loopwire.destinations.registry import build_destination
+from loopwire.metrics import Metrics
+from loopwire.pipeline.delivery import Courier
+from loopwire.pipeline.router import Ingest
+from loopwire.sources.customerio_webhooks import CustomerioWebhooks
+from loopwire.store import Store
+from loopwire.web.console import render_console
+
+
+class Runtime:
+    """Everything one server process owns, built from the config."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.store = Store(config.store.path, config.store.group_commit_max)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(name, options, self.http) for name, options in config.destinations.items()
+        }
+        self.couriers: dict[str, Courier] = {}
+        self.ingest = Ingest(
+            self.store,
+            {name: dest.takes for name, dest in self.destinations.items()},
+            self.metrics,
+            wake=self._wake,
+        )
+
+    def _wake(self, name: str) -> None:
+        courier = self.couriers.get(name)
+        if courier is not None:
+            courier.wake()
+
+    async def start(self) -> None:
+        for name, dest in self.destinations.items():
+            courier = Courier(dest, self.store, self.metrics, clock=self.clock)
+            self.couriers[name] = courier
+            courier.start()
+
+    async def stop(self) -> None:
+        for courier in self.couriers.values():
+            await courier.stop()
+        for dest in self.destinations.values():
+            await dest.aclose()
+        await self.http.aclose()
+        self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        for name in self.destinations:
+            counts.setdefault(name, {})
+        return {
+            "events": self.store.event_count(),
+            "destinations": counts,
+            "dead_reasons": [
+                {"destination": d, "reason": r, "count": n} for d, r, n in self.store.reasons("dead")
+            ],
+            "skip_reasons": [
+                {"destination": d, "reason": r, "count": n} for d, r, n in self.store.reasons("skipped")
+            ],
+        }
+
+
+def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starlette:
+    runtime = Runtime(config, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        for dest, states in runtime.store.counts().items():
+            for state, count in states.items():
+                runtime.metrics.backlog.labels(dest, state).set(count)
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        return Response(msgspec.json.encode(runtime.status()), media_type="application/json")
+
+    async def console(request: Request) -> Response:
+        return HTMLResponse(render_console(runtime.status()))
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Route("/api/status", status),
+        Route("/", console),
+    ]
+    webhook_config = config.sources.customerio_webhooks
+    if webhook_config is not None:
+        handler = CustomerioWebhooks(
+            webhook_config, runtime.ingest, runtime.metrics, config.server.max_body_bytes, clock
+        )
+        routes.append(Route("/webhooks/customerio", handler, methods=["POST"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = runtime
+    return app

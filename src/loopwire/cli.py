@@ -1,0 +1,313 @@
+"""`loopwire ...` — every command has --help with an example."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loopwire.config import Config, load_config
+from loopwire.errors import ConfigError, InputError
+
+app = typer.Typer(
+    name="loopwire",
+    help="Self-hosted retention data bridge: Customer.io ⇄ Amplitude ⇄ Segment.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+dlq_app = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", envvar="LOOPWIRE_CONFIG", help="The config file (see examples/loopwire.yaml)."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]config error[/red] in {path}: {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = Path("loopwire.yaml"),
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+) -> None:
+    """Run the sources, the log and delivery.
+
+    Example: `loopwire serve --config loopwire.yaml`
+    """
+    import uvicorn
+
+    from loopwire.app import create_app
+
+    cfg = _load(config)
+    application = create_app(cfg)
+    uvicorn.run(
+        application,
+        host=host or cfg.server.host,
+        port=port or cfg.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8420,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="Accepted Amplitude API key (repeat; default: any).")
+    ] = None,
+) -> None:
+    """Run the local Amplitude API sandbox (documented validation, limits, throttling, dedupe).
+
+    Point a destination's `base_url` at it, then read what it accepted at
+    `GET /_sandbox/amplitude/events`.
+
+    Example: `loopwire sandbox --port 8420 --api-key demo-key`
+    """
+    import uvicorn
+
+    from loopwire.sandbox.amplitude import AmplitudeSandbox
+
+    box = AmplitudeSandbox(api_keys=frozenset(api_key) if api_key else None)
+    err.print(f"Amplitude sandbox on http://{host}:{port} (events at /_sandbox/amplitude/events)")
+    uvicorn.run(box.app, host=host, port=port, loop="uvloop", http="httptools", log_level="warning")
+
+
+@app.command("map")
+def map_command(
+    source: Annotated[str, typer.Option("--from", help="Source of the input JSON.")] = "customerio",
+    target: Annotated[str, typer.Option("--to", help="Destination type to map to.")] = "amplitude",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Take the destination's options from this config.")
+    ] = None,
+    destination: Annotated[
+        str | None, typer.Option(help="Which destination of that type in the config (default: the only one).")
+    ] = None,
+    assignments: Annotated[
+        list[str] | None, typer.Option("--set", help="Override an option: KEY=VALUE (repeat).")
+    ] = None,
+) -> None:
+    """Map one webhook JSON (stdin) to the destination's payload (stdout) — the pure mapping.
+
+    Prints `{"skip": "<reason>"}` when the event would not be sent.
+
+    Example: `loopwire map --from customerio --to amplitude --set body_content=true < webhook.json`
+    """
+    from loopwire.destinations.amplitude.mapping import map_event
+    from loopwire.destinations.amplitude.options import AmplitudeOptions
+    from loopwire.destinations.amplitude.overrides import apply_overrides, default_map_options
+    from loopwire.destinations.base import Skip
+    from loopwire.sources.customerio_parse import parse_webhook
+
+    if source != "customerio" or target != "amplitude":
+        err.print(f"mapping from {source} to {target} is not available; available: customerio → amplitude")
+        raise typer.Exit(2)
+    options = default_map_options()
+    if config is not None:
+        cfg = _load(config)
+        candidates = {n: o for n, o in cfg.destinations.items() if isinstance(o, AmplitudeOptions)}
+        if destination is not None:
+            candidates = {n: o for n, o in candidates.items() if n == destination}
+        if len(candidates) != 1:
+            err.print(
+                f"{config}: name one amplitude destination with --destination (found {sorted(candidates)})"
+            )
+            raise typer.Exit(2)
+        options = next(iter(candidates.values()))
+    try:
+        options = apply_overrides(options, assignments or [])
+    except ConfigError as exc:
+        err.print(f"--set: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        event = parse_webhook(sys.stdin.buffer.read(), int(time.time() * 1000))
+    except InputError as exc:
+        err.print(f"input: {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    result = map_event(event, options, int(time.time() * 1000))
+    _print_json({"skip": result.reason} if isinstance(result, Skip) else result)
+
+
+@app.command("test-connection")
+def test_connection(
+    target: Annotated[str, typer.Argument(help="Destination name (or type) from the config.")],
+    config: ConfigOption = Path("loopwire.yaml"),
+) -> None:
+    """Send one `Email Sent` test event, as Customer.io's native integration does, and report the answer.
+
+    Example: `loopwire test-connection amplitude --config loopwire.yaml`
+    """
+    from loopwire.destinations.amplitude.options import AmplitudeOptions
+    from loopwire.destinations.amplitude.testing import send_test_event
+
+    cfg = _load(config)
+    matches = {
+        n: o
+        for n, o in cfg.destinations.items()
+        if n == target or (isinstance(o, AmplitudeOptions) and target == "amplitude")
+    }
+    if len(matches) != 1:
+        err.print(
+            f"no single destination named or typed {target!r} in {config} (have {sorted(cfg.destinations)})"
+        )
+        raise typer.Exit(2)
+    name, options = next(iter(matches.items()))
+    result = asyncio.run(send_test_event(options))
+    colour = "green" if result.ok else "red"
+    out.print(f"[{colour}]{name}: {result.summary}[/{colour}]", highlight=False)
+    if result.detail:
+        out.print(result.detail, highlight=False, markup=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = False) -> None:
+    """Counts per state, per destination, and the reasons for dead and skipped events.
+
+    Example: `loopwire status --config loopwire.yaml`
+    """
+    from loopwire.store import Store
+
+    cfg = _load(config)
+    store = Store(cfg.store.path, recover=False)
+    try:
+        counts = store.counts()
+        for name in cfg.destinations:
+            counts.setdefault(name, {})
+        report: dict[str, Any] = {
+            "events": store.event_count(),
+            "destinations": counts,
+            "dead_reasons": [
+                {"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("dead")
+            ],
+            "skip_reasons": [
+                {"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("skipped")
+            ],
+        }
+    finally:
+        store.close()
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(title=f"{report['events']} events in {cfg.store.path}")
+    for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
+        table.add_column(column, justify="right" if column != "destination" else "left")
+    for dest, states in sorted(counts.items()):
+        table.add_row(
+            dest, *(str(states.get(s, 0)) for s in ("pending", "in_flight", "delivered", "skipped", "dead"))
+        )
+    out.print(table)
+    for title, key in (("dead", "dead_reasons"), ("skipped", "skip_reasons")):
+        for row in report[key]:
+            out.print(f"{title:8} {row['count']:>7}  {row['destination']}: {row['reason']}", highlight=False)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOption = Path("loopwire.yaml"),
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Dead letters with their reason and the destination's last response.
+
+    Example: `loopwire dlq list --destination amplitude --limit 20`
+    """
+    from loopwire.store import Store
+
+    cfg = _load(config)
+    store = Store(cfg.store.path, recover=False)
+    try:
+        rows = store.dead_letters(destination, limit)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("The dead-letter queue is empty.")
+        return
+    table = Table(title="dead letters")
+    for column in ("destination", "event_id", "event", "attempts", "reason"):
+        table.add_column(column)
+    for row in rows:
+        label = f"{row['channel'] or ''} {row['metric'] or row['name'] or ''}".strip()
+        table.add_row(row["destination"], row["event_id"], label, str(row["attempts"]), row["reason"])
+    out.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOption = Path("loopwire.yaml"),
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    event_id: Annotated[
+        list[str] | None, typer.Option("--event-id", help="Only these events (repeat).")
+    ] = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Replay every dead letter (of --destination).")
+    ] = False,
+) -> None:
+    """Send dead letters again: they return to pending with fresh attempts; a running server picks them up.
+
+    Example: `loopwire dlq replay --destination amplitude --all`
+    """
+    from loopwire.store import Store
+
+    if not event_id and not replay_all:
+        err.print("say which: --event-id ID (repeatable) or --all")
+        raise typer.Exit(2)
+    cfg = _load(config)
+    store = Store(cfg.store.path, recover=False)
+    try:
+        count = store.replay_dead(int(time.time() * 1000), destination, event_id)
+    finally:
+        store.close()
+    out.print(f"{count} dead letter(s) back to pending.")
+
+
+@app.command()
+def demo(
+    as_json: JsonOption = False,
+    people: Annotated[int, typer.Option(help="Shoppers who abandon a cart.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed of the scenario.")] = 7,
+    keep: Annotated[Path | None, typer.Option(help="Keep the store and config in this folder.")] = None,
+) -> None:
+    """Play a D2C cart-abandonment journey as signed webhooks into loopwire, delivered to the sandbox.
+
+    Runs on the embedded default: a SQLite file and the local Amplitude sandbox; needs no account.
+
+    Example: `loopwire demo --people 500 --json`
+    """
+    from loopwire.demo.runner import run_demo
+
+    report = run_demo(people=people, seed=seed, keep=keep, progress=not as_json, console=out)
+    if as_json:
+        _print_json(report)

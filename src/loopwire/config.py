@@ -1,0 +1,169 @@
+"""One YAML file → typed config objects.
+
+`${ENV}` (or `${ENV:-default}`) is replaced from the environment; unknown keys are rejected; every
+error names the key and its line, e.g. `destinations.amplitude.region (line 12): Expected 'us' or 'eu'`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from loopwire.destinations.amplitude.options import AmplitudeOptions
+from loopwire.errors import ConfigError
+from loopwire.settings import Duration, Secret, dec_hook
+
+DestinationOptions = AmplitudeOptions
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "loopwire.db"
+    group_commit_max: int = 512  # most writes folded into one fsync'd transaction
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8411
+    max_body_bytes: int = 1_048_576  # larger bodies get 413 before they are read in full
+
+
+class CustomerioWebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Several keys verify at once so a signing key can be rotated without dropping events.
+    signing_keys: list[Secret]
+    # Customer.io does not document a replay window (customerio.md §1.2); 900 s is generous
+    # enough for its retries and clock skew, and rejects captured requests replayed later.
+    replay_window: Duration = Duration(900.0)
+
+
+class SourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    customerio_webhooks: CustomerioWebhooksConfig | None = None
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    store: StoreConfig = StoreConfig()
+    server: ServerConfig = ServerConfig()
+    sources: SourcesConfig = SourcesConfig()
+    destinations: dict[str, DestinationOptions] = {}
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Records the line of every mapping key and sequence item by its path."""
+
+
+def _compose_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = f"{path}.{key_node.value}" if path else str(key_node.value)
+            lines[child] = key_node.start_mark.line + 1
+            _compose_lines(value_node, child, lines)
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _compose_lines(item, f"{path}[{index}]", lines)
+
+
+def _interpolate(value: Any, path: str, lines: dict[str, int], env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), lines, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", lines, env) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set", key=path, line=lines.get(path))
+
+        return _ENV.sub(replace, value)
+    return value
+
+
+def _path_from_msgspec(message: str) -> tuple[str, str]:
+    # msgspec: "Expected `int`, got `str` - at `$.server.port`" or "Object has no field ..."
+    text, _, where = message.rpartition(" - at `")
+    if not text:
+        return message, ""
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    return text, path
+
+
+def _line_for(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+        path = "" if shorter == path else shorter
+    return None
+
+
+def parse_config(text: str, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        raw = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(
+            f"not valid YAML: {exc}", key="(file)", line=mark.line + 1 if mark else None
+        ) from None
+    lines: dict[str, int] = {}
+    if root is not None:
+        _compose_lines(root, "", lines)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must be a mapping at the top level", key="(file)", line=1)
+    raw = _interpolate(raw, "", lines, env)
+    destinations = raw.pop("destinations", None) or {}
+    if not isinstance(destinations, dict):
+        raise ConfigError(
+            "must be a mapping of name → settings", key="destinations", line=lines.get("destinations")
+        )
+    config = _convert(raw, Config, "", lines)
+    # Converted one by one so an error can name the destination (msgspec elides dict keys).
+    typed = {
+        str(name): _convert(body, DestinationOptions, f"destinations.{name}", lines)
+        for name, body in destinations.items()
+    }
+    result: Config = msgspec.structs.replace(config, destinations=typed)
+    return result
+
+
+def _convert(raw: Any, kind: Any, prefix: str, lines: dict[str, int]) -> Any:
+    try:
+        return msgspec.convert(raw, kind, dec_hook=dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        text, path = _path_from_msgspec(str(exc))
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", text)
+        if unknown:
+            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+            text = "unknown key (check the spelling against examples/loopwire.yaml)"
+        elif "Object missing required field" in text:
+            missing = re.search(r"`([^`]+)`", text)
+            if missing:
+                text = f"required key `{missing.group(1)}` is missing"
+        elif text.startswith("Invalid value") and path.endswith("type"):
+            text = f"{text}: known destination types are amplitude"
+        full = ".".join(part for part in (prefix, path) if part)
+        raise ConfigError(text, key=full or "(file)", line=_line_for(full, lines)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror}", key=str(file)) from None
+    return parse_config(text, env)

@@ -1,0 +1,1 @@
+"""Destinations: one package each, every package shaped the same (options, mapping, api, client)."""

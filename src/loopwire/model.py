@@ -1,0 +1,46 @@
+"""Canonical types shared by every layer: sources produce `Event`s, destinations consume them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One thing that happened, as loopwire keeps it in its log.
+
+    `id` is stable for the life of the event: it becomes Amplitude's `insert_id`, Segment's
+    `messageId` and Customer.io's event `id`, so redelivery never double-counts.
+    """
+
+    id: str
+    source: str  # "customerio", "amplitude", "segment", "loopwire"
+    kind: str  # "message" (Customer.io engagement), "subscription", "track", "identify", ...
+    channel: str | None = None  # Customer.io object_type: email, sms, push, in_app, ...
+    metric: str | None = None  # Customer.io metric: sent, delivered, opened, clicked, ...
+    name: str | None = None  # event name for track-style events
+    time_ms: int  # when it happened, milliseconds since the epoch
+    received_ms: int  # when loopwire committed it
+    user_id: str | None = None
+    email: str | None = None
+    data: dict[str, Any] = {}  # the source payload's own fields, unchanged
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    user_id: str | None = None
+    email: str | None = None
+    attributes: dict[str, Any] = {}
+    updated_ms: int = 0
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(raw: bytes) -> Event:
+    return _decoder.decode(raw)

@@ -1,0 +1,1 @@
+"""Routing (which event goes where) and delivery (batch, retry, dead-letter)."""

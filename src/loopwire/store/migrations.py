@@ -1,0 +1,44 @@
+"""Schema migrations, applied in order at open; `PRAGMA user_version` records the last one applied."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the log and the outboxes
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY,
+        id          TEXT NOT NULL UNIQUE,
+        source      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        channel     TEXT,
+        metric      TEXT,
+        name        TEXT,
+        user_id     TEXT,
+        time_ms     INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        body        BLOB NOT NULL
+    );
+    CREATE TABLE outbox (
+        dest        TEXT NOT NULL,
+        seq         INTEGER NOT NULL REFERENCES events(seq),
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'in_flight', 'delivered', 'dead', 'skipped')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        enqueued_ms INTEGER NOT NULL,
+        next_ms     INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        reason      TEXT,
+        response    TEXT,
+        PRIMARY KEY (dest, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_ready ON outbox (dest, state, next_ms);
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)

@@ -1,0 +1,309 @@
+"""SQLite store: WAL, fsync on every commit, and one writer thread that groups concurrent writes.
+
+Every write is a job run by the writer thread. It takes all jobs waiting (up to `group_max`), runs
+each inside its own SAVEPOINT of one transaction and commits once, so fifty concurrent webhook
+requests cost one fsync, and a failing job rolls back alone. A job's future resolves only after
+COMMIT returned: that is the moment a source may answer 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from loopwire.model import Event, encode_event
+from loopwire.store.migrations import migrate
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+STATES = ("pending", "in_flight", "delivered", "dead", "skipped")
+
+
+class Claimed(msgspec.Struct, frozen=True):
+    seq: int
+    attempts: int  # including the one now starting
+    enqueued_ms: int
+    body: bytes  # the encoded Event
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    seq: int
+    state: str  # delivered | pending | dead | skipped
+    next_ms: int = 0
+    reason: str | None = None
+    response: str | None = None
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: in WAL mode the log is fsync'd at every commit, so a committed event survives power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Store:
+    def __init__(self, path: str | Path, group_max: int = 512, *, recover: bool = True) -> None:
+        """Open (creating and migrating) the store. Only the serving process recovers: a CLI
+        command opened beside a running server passes `recover=False`."""
+        self.path = str(path)
+        self._group_max = group_max
+        conn = connect(self.path)
+        migrate(conn)
+        self._recovered = 0
+        if recover:  # in flight when the last process stopped: send again (insert ids make it idempotent)
+            self._recovered = conn.execute(
+                "UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'"
+            ).rowcount
+        self._conn = conn
+        self._jobs: queue.SimpleQueue[tuple[Job, Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
+        self._thread.start()
+        self.commits = 0  # transactions committed (each one fsync)
+
+    @property
+    def recovered(self) -> int:
+        """Outbox rows that were in flight when the previous process stopped."""
+        return self._recovered
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _writer(self) -> None:
+        conn = self._conn
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._group_max:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_group(conn, batch)
+            if stop:
+                return
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[tuple[Job, Future[Any]]]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, _ in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job(conn)))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:  # the commit itself failed (disk full, I/O error): nobody is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (ok, value), (_, future) in zip(results, batch, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((job, future))
+        return future
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self.submit(job))
+
+    def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Synchronous write, for the CLI and tests."""
+        return self.submit(job).result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self._conn.close()
+
+    # -- the log -------------------------------------------------------------------------------
+    async def append(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> list[bool]:
+        """Commit events to the log and enqueue each for its destinations; True where new."""
+        return await self.write(_append_job(events, routes))
+
+    def append_sync(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> list[bool]:
+        return self.run(_append_job(events, routes))
+
+    # -- outboxes ------------------------------------------------------------------------------
+    async def claim(self, dest: str, limit: int, now_ms: int) -> list[Claimed]:
+        return await self.write(_claim_job(dest, limit, now_ms))
+
+    async def settle(self, dest: str, settlements: Iterable[Settlement], now_ms: int) -> None:
+        rows = list(settlements)
+        if rows:
+            await self.write(_settle_job(dest, rows, now_ms))
+
+    def next_due_ms(self, dest: str) -> int | None:
+        due: int | None = self.run(
+            lambda c: c.execute(
+                "SELECT MIN(next_ms) FROM outbox WHERE dest = ? AND state = 'pending'", (dest,)
+            ).fetchone()[0]
+        )
+        return due
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per state, per destination."""
+        rows = self.run(
+            lambda c: c.execute("SELECT dest, state, COUNT(*) FROM outbox GROUP BY dest, state").fetchall()
+        )
+        result: dict[str, dict[str, int]] = {}
+        for dest, state, count in rows:
+            result.setdefault(dest, dict.fromkeys(STATES, 0))[state] = count
+        return result
+
+    def reasons(self, state: str) -> list[tuple[str, str, int]]:
+        """(destination, reason, count) for dead or skipped rows, most frequent first."""
+        return self.run(
+            lambda c: c.execute(
+                "SELECT dest, COALESCE(reason, ''), COUNT(*) AS n FROM outbox WHERE state = ?"
+                " GROUP BY dest, reason ORDER BY n DESC",
+                (state,),
+            ).fetchall()
+        )
+
+    def event_count(self) -> int:
+        return int(self.run(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0]))
+
+    def dead_letters(self, dest: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT o.dest, e.id, e.channel, e.metric, e.name, o.attempts, o.updated_ms, o.reason, o.response"
+            " FROM outbox o JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
+        )
+        args: tuple[Any, ...] = ()
+        if dest is not None:
+            sql += " AND o.dest = ?"
+            args = (dest,)
+        sql += " ORDER BY o.updated_ms DESC LIMIT ?"
+        rows = self.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        keys = (
+            "destination",
+            "event_id",
+            "channel",
+            "metric",
+            "name",
+            "attempts",
+            "dead_ms",
+            "reason",
+            "response",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def replay_dead(
+        self, now_ms: int, dest: str | None = None, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Move dead letters back to pending with fresh attempts and age; returns how many."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE outbox SET state = 'pending', attempts = 0, enqueued_ms = ?, next_ms = ?, updated_ms = ?"
+                " WHERE state = 'dead'"
+            )
+            args: list[Any] = [now_ms, now_ms, now_ms]
+            if dest is not None:
+                sql += " AND dest = ?"
+                args.append(dest)
+            if event_ids:
+                sql += f" AND seq IN (SELECT seq FROM events WHERE id IN ({','.join('?' * len(event_ids))}))"
+                args.extend(event_ids)
+            return int(conn.execute(sql, args).rowcount)
+
+        return self.run(job)
+
+
+def _append_job(
+    events: Sequence[Event], routes: Sequence[Sequence[str]]
+) -> Callable[[sqlite3.Connection], list[bool]]:
+    def job(conn: sqlite3.Connection) -> list[bool]:
+        fresh: list[bool] = []
+        for event, dests in zip(events, routes, strict=True):
+            cursor = conn.execute(
+                "INSERT INTO events (id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    event.id,
+                    event.source,
+                    event.kind,
+                    event.channel,
+                    event.metric,
+                    event.name,
+                    event.user_id,
+                    event.time_ms,
+                    event.received_ms,
+                    encode_event(event),
+                ),
+            )
+            new = cursor.rowcount == 1
+            fresh.append(new)
+            if new and dests:
+                seq = cursor.lastrowid
+                now = event.received_ms
+                conn.executemany(
+                    "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)"
+                    " VALUES (?, ?, 'pending', ?, ?, ?)",
+                    [(dest, seq, now, now, now) for dest in dests],
+                )
+        return fresh
+
+    return job
+
+
+def _claim_job(dest: str, limit: int, now_ms: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
+    def job(conn: sqlite3.Connection) -> list[Claimed]:
+        rows = conn.execute(
+            "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_ms = ?"
+            " WHERE dest = ? AND seq IN (SELECT seq FROM outbox WHERE dest = ? AND state = 'pending'"
+            " AND next_ms <= ? ORDER BY next_ms, seq LIMIT ?)"
+            " RETURNING seq, attempts, enqueued_ms",
+            (now_ms, dest, dest, now_ms, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        rows.sort()
+        bodies = dict(
+            conn.execute(
+                f"SELECT seq, body FROM events WHERE seq IN ({','.join('?' * len(rows))})",
+                [row[0] for row in rows],
+            ).fetchall()
+        )
+        return [Claimed(seq, attempts, enqueued, bodies[seq]) for seq, attempts, enqueued in rows]
+
+    return job
+
+
+def _settle_job(dest: str, rows: list[Settlement], now_ms: int) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "UPDATE outbox SET state = ?, next_ms = ?, updated_ms = ?, reason = ?, response = ?"
+            " WHERE dest = ? AND seq = ?",
+            [(r.state, r.next_ms, now_ms, r.reason, r.response, dest, r.seq) for r in rows],
+        )
+
+    return job

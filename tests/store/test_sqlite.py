@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from loopwire.model import Event, decode_event
+from loopwire.store import Settlement, Store
+from loopwire.store.migrations import MIGRATIONS
+
+
+def event(n: int) -> Event:
+    return Event(
+        id=f"evt-{n:05d}",
+        source="customerio",
+        kind="message",
+        channel="email",
+        metric="sent",
+        time_ms=1_000 + n,
+        received_ms=5_000,
+        user_id=f"user-{n}",
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "log.db")
+    yield s
+    s.close()
+
+
+def test_wal_and_full_sync_and_migrations(store: Store) -> None:
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert store.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+
+
+def test_append_dedupes_on_event_id_and_enqueues_once(store: Store) -> None:
+    assert store.append_sync([event(1), event(2)], [["amplitude"], ["amplitude"]]) == [True, True]
+    assert store.append_sync([event(1)], [["amplitude"]]) == [False]
+    assert store.event_count() == 2
+    assert store.counts() == {
+        "amplitude": {"pending": 2, "in_flight": 0, "delivered": 0, "dead": 0, "skipped": 0}
+    }
+
+
+def test_concurrent_appends_share_commits(store: Store) -> None:
+    async def burst() -> list[list[bool]]:
+        return await asyncio.gather(*(store.append([event(n)], [["amplitude"]]) for n in range(300)))
+
+    results = asyncio.run(burst())
+    assert all(r == [True] for r in results)
+    assert store.event_count() == 300
+    assert store.commits < 300  # grouped: fewer fsync'd transactions than writes
+
+
+def test_a_failing_job_rolls_back_alone(store: Store) -> None:
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO events (id, source, kind, time_ms, received_ms, body) VALUES ('x','s','k',1,1,x'00')"
+        )
+        raise RuntimeError("boom")
+
+    async def mixed() -> tuple[object, object]:
+        return await asyncio.gather(
+            store.write(bad), store.append([event(7)], [["amplitude"]]), return_exceptions=True
+        )
+
+    failed, ok = asyncio.run(mixed())
+    assert isinstance(failed, RuntimeError) and ok == [True]
+    assert store.run(lambda c: c.execute("SELECT id FROM events").fetchall()) == [("evt-00007",)]
+
+
+def test_claim_settle_and_crash_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    store = Store(path)
+    store.append_sync([event(n) for n in range(5)], [["amplitude"]] * 5)
+    claimed = asyncio.run(store.claim("amplitude", 3, now_ms=10_000))
+    assert [decode_event(c.body).id for c in claimed] == ["evt-00000", "evt-00001", "evt-00002"]
+    assert all(c.attempts == 1 for c in claimed)
+    asyncio.run(store.settle("amplitude", [Settlement(claimed[0].seq, "delivered")], now_ms=10_001))
+    store.close()  # two rows left in flight, as after a crash
+
+    reopened = Store(path)
+    assert reopened.recovered == 2
+    assert reopened.counts()["amplitude"] == {
+        "pending": 4,
+        "in_flight": 0,
+        "delivered": 1,
+        "dead": 0,
+        "skipped": 0,
+    }
+    again = asyncio.run(reopened.claim("amplitude", 10, now_ms=10_000))
+    assert len(again) == 4 and sorted(c.attempts for c in again) == [1, 1, 2, 2]
+    reopened.close()
+
+
+def test_claim_respects_next_attempt_time(store: Store) -> None:
+    store.append_sync([event(1)], [["amplitude"]])
+    (row,) = asyncio.run(store.claim("amplitude", 10, now_ms=10_000))
+    asyncio.run(
+        store.settle("amplitude", [Settlement(row.seq, "pending", next_ms=40_000, reason="429")], 10_000)
+    )
+    assert asyncio.run(store.claim("amplitude", 10, now_ms=39_999)) == []
+    assert store.next_due_ms("amplitude") == 40_000
+    assert len(asyncio.run(store.claim("amplitude", 10, now_ms=40_000))) == 1
+
+
+def test_dead_letters_list_and_replay(store: Store) -> None:
+    store.append_sync([event(1), event(2)], [["amplitude"], ["amplitude"]])
+    rows = asyncio.run(store.claim("amplitude", 10, now_ms=10_000))
+    asyncio.run(
+        store.settle(
+            "amplitude", [Settlement(r.seq, "dead", reason="bad", response="400 {}") for r in rows], 11_000
+        )
+    )
+    dead = store.dead_letters("amplitude")
+    assert {d["event_id"] for d in dead} == {"evt-00001", "evt-00002"}
+    assert dead[0]["reason"] == "bad" and dead[0]["response"] == "400 {}"
+    assert store.replay_dead(20_000, "amplitude", ["evt-00001"]) == 1
+    assert store.counts()["amplitude"]["dead"] == 1
+    (replayed,) = asyncio.run(store.claim("amplitude", 10, now_ms=20_000))
+    assert replayed.attempts == 1 and replayed.enqueued_ms == 20_000
+
+
+def test_cli_store_does_not_steal_in_flight_rows(tmp_path: Path) -> None:
+    server = Store(tmp_path / "log.db")
+    server.append_sync([event(1)], [["amplitude"]])
+    asyncio.run(server.claim("amplitude", 1, now_ms=10_000))
+    cli = Store(tmp_path / "log.db", recover=False)
+    assert cli.recovered == 0 and cli.counts()["amplitude"]["in_flight"] == 1
+    cli.close()
+    server.close()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loopwire.config import load_config, parse_config
+from loopwire.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "loopwire.yaml"
+ENV = {"CIO_WEBHOOK_SIGNING_KEY": "k", "AMPLITUDE_API_KEY": "amp-secret-key"}
+
+
+def test_annotated_example_loads() -> None:
+    config = load_config(EXAMPLE, env=ENV)
+    amp = config.destinations["amplitude"]
+    assert amp.region == "us" and amp.retry.max_age == 86_400 and amp.batching.linger == 0.05
+    assert config.sources.customerio_webhooks is not None
+    assert config.sources.customerio_webhooks.replay_window == 900
+
+
+def test_secrets_print_as_stars() -> None:
+    config = load_config(EXAMPLE, env=ENV)
+    assert "amp-secret-key" not in repr(config) and "***" in repr(config)
+    assert config.destinations["amplitude"].api_key.reveal() == "amp-secret-key"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        ("server:\n  port: 1\n  colour: red\n", "server.colour", 3, "unknown key"),
+        ("server:\n  port: eighty\n", "server.port", 2, "Expected `int`"),
+        (
+            "destinations:\n  amp:\n    type: amplitude\n    api_key: x\n    region: mars\n",
+            "destinations.amp.region",
+            5,
+            "mars",
+        ),
+        ("destinations:\n  amp:\n    type: amplitude\n    region: us\n", "destinations.amp", 2, "api_key"),
+        ("destinations:\n  amp:\n    type: amplitud\n", "destinations.amp.type", 3, "amplitude"),
+        (
+            "destinations:\n  amp:\n    type: amplitude\n    api_key: x\n    region: us\n    retry:\n"
+            "      max_age: forever\n",
+            "destinations.amp.retry.max_age",
+            7,
+            "duration",
+        ),
+        (
+            "sources:\n  customerio_webhooks:\n    signing_keys:\n      - ${NOT_SET}\n",
+            "sources.customerio_webhooks.signing_keys[0]",
+            4,
+            "NOT_SET",
+        ),
+    ],
+)
+def test_errors_name_the_key_and_the_line(text: str, key: str, line: int, words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, env={})
+    assert (error.value.key, error.value.line) == (key, line)
+    assert words in str(error.value)
+
+
+def test_region_has_no_silent_default() -> None:
+    with pytest.raises(ConfigError, match="region"):
+        parse_config("destinations:\n  amp:\n    type: amplitude\n    api_key: x\n", env={})
+
+
+def test_env_default_syntax() -> None:
+    config = parse_config("store:\n  path: ${DB:-fallback.db}\n", env={})
+    assert config.store.path == "fallback.db"
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config("server:\n  port: [1\n", env={})
+    assert error.value.line is not None
