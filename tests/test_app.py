@@ -244,5 +244,7 @@ def test_health_status_and_console(loopwire: Any) -> None:
         wait_until(lambda: delivered(runtime) == 1, what="delivery")
         status = httpx.get(f"{url}/api/status").json()
         page = httpx.get(f"{url}/").text
+        spec = httpx.get(f"{url}/openapi.json").json()
     assert status["events"] == 1 and status["destinations"]["amplitude"]["delivered"] == 1
     assert "loopwire" in page and API_KEY not in page and SIGNING_KEY not in page
+    assert {"/webhooks/customerio", "/healthz", "/metrics", "/api/status", "/"} <= set(spec["paths"])

@@ -24,6 +24,7 @@ from loopwire.pipeline.router import Ingest
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.store import Store
 from loopwire.web.console import render_console
+from loopwire.web.openapi import openapi_document
 
 
 class Runtime:
@@ -104,6 +105,9 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starle
     async def status(request: Request) -> Response:
         return Response(msgspec.json.encode(runtime.status()), media_type="application/json")
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
     async def console(request: Request) -> Response:
         return HTMLResponse(render_console(runtime.status()))
 
@@ -111,6 +115,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starle
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/api/status", status),
+        Route("/openapi.json", openapi),
         Route("/", console),
     ]
     webhook_config = config.sources.customerio_webhooks
@@ -118,7 +123,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starle
         handler = CustomerioWebhooks(
             webhook_config, runtime.ingest, runtime.metrics, config.server.max_body_bytes, clock
         )
-        routes.append(Route("/webhooks/customerio", handler, methods=["POST"]))
+        routes.append(Route("/webhooks/customerio", handler.handle, methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     return app

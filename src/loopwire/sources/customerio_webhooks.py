@@ -99,7 +99,7 @@ class CustomerioWebhooks:
         self._limit = max_body_bytes
         self._clock = clock
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         try:
             body = await read_body(request, self._limit)
             headers = request.headers

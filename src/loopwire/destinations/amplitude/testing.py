@@ -55,7 +55,7 @@ async def send_test_event(options: AmplitudeOptions) -> ConnectionResult:
     where = destination.client.url
     if response is None:
         return ConnectionResult(False, f"no answer from {where}", outcomes[0].reason if outcomes else "")
-    body = response.body.decode("utf-8", "replace")[:500]
+    body = destination.redact(response.body.decode("utf-8", "replace")[:500])
     if all(isinstance(o, Delivered) for o in outcomes):
         return ConnectionResult(
             True,

@@ -1,0 +1,179 @@
+"""The command line, in process (Typer's runner) and against real files and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from loopwire.cli import app
+from loopwire.model import Event
+from loopwire.store import Settlement, Store
+from tests.conftest import API_KEY
+
+REFERENCE = (
+    Path(__file__).resolve().parents[2] / "shared" / "reference" / "fixtures" / "customerio" / "webhooks"
+)
+runner = CliRunner()
+
+
+def write_config(
+    tmp_path: Path, sandbox_url: str = "http://127.0.0.1:9", api_key: str = "${AMP_KEY}"
+) -> Path:
+    path = tmp_path / "loopwire.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"path": str(tmp_path / "loopwire.db")},
+                "destinations": {
+                    "amplitude": {
+                        "type": "amplitude",
+                        "api_key": api_key,
+                        "region": "us",
+                        "base_url": sandbox_url,
+                    }
+                },
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["serve"],
+        ["sandbox"],
+        ["map"],
+        ["test-connection"],
+        ["status"],
+        ["dlq", "list"],
+        ["dlq", "replay"],
+        ["demo"],
+    ],
+)
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    if command:
+        assert "Example" in result.output
+
+
+def test_map_reads_stdin_and_prints_the_amplitude_event() -> None:
+    body = (REFERENCE / "docs-openapi" / "email_sent.json").read_text()  # customer id "42"
+    short = json.loads(runner.invoke(app, ["map"], input=body).stdout)
+    assert "min_id_length" in short["skip"]
+    result = runner.invoke(
+        app, ["map", "--from", "customerio", "--to", "amplitude", "--set", "min_id_length=2"], input=body
+    )
+    assert result.exit_code == 0, result.output
+    event = json.loads(result.stdout)
+    assert event["event_type"] == "Email Sent"
+    assert event["insert_id"] == json.loads(body)["event_id"]
+
+
+def test_map_set_overrides_options() -> None:
+    body = (REFERENCE / "docs-openapi" / "email_sent.json").read_text()
+    result = runner.invoke(
+        app,
+        ["map", "--set", "naming.style=snake", "--set", "naming.prefix=cio_", "--set", "min_id_length=1"],
+        input=body,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["event_type"] == "cio_email_sent"
+
+
+def test_map_prints_skip_with_reason() -> None:
+    body = (REFERENCE / "constructed" / "email_opened.email_only_person.json").read_text()
+    result = runner.invoke(app, ["map"], input=body)
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"skip"}
+
+
+def test_map_bad_option_and_bad_input_exit_2() -> None:
+    body = (REFERENCE / "docs-openapi" / "email_sent.json").read_text()
+    assert runner.invoke(app, ["map", "--set", "no_such_option=1"], input=body).exit_code == 2
+    assert runner.invoke(app, ["map"], input="{not json").exit_code == 2
+
+
+def test_config_error_names_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  port: 1\n  colour: red\n")
+    result = runner.invoke(app, ["status", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "server.colour" in result.output and "line 3" in result.output
+
+
+def seeded_store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "loopwire.db")
+    events = [
+        Event(
+            id=f"evt-{n}",
+            source="customerio",
+            kind="message",
+            channel="email",
+            metric="sent",
+            time_ms=1,
+            received_ms=1,
+        )
+        for n in range(3)
+    ]
+    store.append_sync(events, [["amplitude"]] * 3)
+    rows = asyncio.run(store.claim("amplitude", 3, now_ms=10))
+    settle = [
+        Settlement(rows[0].seq, "delivered"),
+        Settlement(rows[1].seq, "dead", reason="Amplitude rejected field `time`", response="400 {}"),
+        Settlement(rows[2].seq, "skipped", reason="no user id and no device id"),
+    ]
+    asyncio.run(store.settle("amplitude", settle, now_ms=20))
+    return store
+
+
+def test_status_dlq_list_and_replay(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("AMP_KEY", API_KEY)
+    config = write_config(tmp_path)
+    seeded_store(tmp_path).close()
+
+    status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+    assert status["events"] == 3
+    assert status["destinations"]["amplitude"] == {
+        "pending": 0,
+        "in_flight": 0,
+        "delivered": 1,
+        "dead": 1,
+        "skipped": 1,
+    }
+    assert status["dead_reasons"][0]["reason"] == "Amplitude rejected field `time`"
+
+    table = runner.invoke(app, ["status", "--config", str(config)])
+    assert table.exit_code == 0 and "no user id and no device id" in table.output
+
+    dead = json.loads(runner.invoke(app, ["dlq", "list", "--config", str(config), "--json"]).stdout)
+    assert [d["event_id"] for d in dead] == ["evt-1"]
+
+    assert runner.invoke(app, ["dlq", "replay", "--config", str(config)]).exit_code == 2
+    replay = runner.invoke(app, ["dlq", "replay", "--config", str(config), "--event-id", "evt-1"])
+    assert replay.exit_code == 0 and "1 dead letter" in replay.output
+    assert "empty" in runner.invoke(app, ["dlq", "list", "--config", str(config)]).output
+
+
+def test_test_connection_reports_success_and_refusal(tmp_path: Path, sandbox: Any, monkeypatch: Any) -> None:
+    box, url = sandbox
+    monkeypatch.setenv("AMP_KEY", API_KEY)
+    ok = runner.invoke(app, ["test-connection", "amplitude", "--config", str(write_config(tmp_path, url))])
+    assert ok.exit_code == 0, ok.output
+    assert "accepted" in ok.output
+    assert [e["event_type"] for e in box.events] == ["Email Sent"]
+
+    monkeypatch.setenv("AMP_KEY", "wrong-key-12345")
+    refused = runner.invoke(
+        app, ["test-connection", "amplitude", "--config", str(write_config(tmp_path, url))]
+    )
+    assert refused.exit_code == 1
+    assert "400" in refused.output and "wrong-key-12345" not in refused.output
