@@ -9,7 +9,7 @@ import msgspec
 
 from loopwire.destinations.amplitude import api
 from loopwire.destinations.amplitude.client import AmplitudeClient
-from loopwire.destinations.amplitude.mapping import map_event
+from loopwire.destinations.amplitude.mapping import envelope, map_event
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Outcome, Response, Retry, Skip
 from loopwire.model import Event
@@ -30,12 +30,7 @@ class AmplitudeDestination:
         self.concurrency = options.batching.concurrency
         self.linger = float(options.batching.linger)
         self.retry = options.retry
-        head = {"api_key": options.api_key.reveal()}
-        self._head = _encode(head)[:-1] + b',"events":['
-        tail = b"]"
-        if options.min_id_length is not None:
-            tail += b',"options":' + _encode({"min_id_length": options.min_id_length})
-        self._tail = tail + b"}"
+        self._head, self._tail = envelope(options)
 
     def _envelope_size(self) -> int:
         return 200 + len(self.options.api_key.reveal())
