@@ -216,6 +216,7 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
         store.close()
     if as_json:
         _print_json(report)
+    raise typer.Exit(0 if report["ok"] else 1)
         return
     table = Table(title=f"{report['events']} events in {cfg.store.path}")
     for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
@@ -296,7 +297,7 @@ def dlq_replay(
 @app.command()
 def demo(
     as_json: JsonOption = False,
-    people: Annotated[int, typer.Option(help="Shoppers who abandon a cart.")] = 200,
+    people: Annotated[int, typer.Option(min=1, help="Shoppers who abandon a cart.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed of the scenario.")] = 7,
     keep: Annotated[Path | None, typer.Option(help="Keep the store and config in this folder.")] = None,
 ) -> None:
@@ -311,3 +312,4 @@ def demo(
     report = run_demo(people=people, seed=seed, keep=keep, progress=not as_json, console=out)
     if as_json:
         _print_json(report)
+    raise typer.Exit(0 if report["ok"] else 1)
