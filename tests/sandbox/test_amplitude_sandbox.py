@@ -16,8 +16,8 @@ import httpx
 import msgspec
 import pytest
 
+from loopwire.contracts.amplitude import INVALID_IDS
 from loopwire.sandbox.amplitude import AmplitudeSandbox
-from loopwire.sandbox.amplitude_rules import INVALID_IDS
 from tests.helpers.servers import serve_app
 
 NOW = 1_741_083_300.0
