@@ -216,7 +216,6 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
         store.close()
     if as_json:
         _print_json(report)
-    raise typer.Exit(0 if report["ok"] else 1)
         return
     table = Table(title=f"{report['events']} events in {cfg.store.path}")
     for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
