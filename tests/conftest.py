@@ -32,7 +32,13 @@ class Clock:
 
 
 def make_config(
-    store: Path, sandbox_url: str, signing_keys: list[str] | None = None, **amplitude: Any
+    store: Path,
+    sandbox_url: str,
+    signing_keys: list[str] | None = None,
+    extra_sources: dict[str, Any] | None = None,
+    extra_destinations: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    **amplitude: Any,
 ) -> Config:
     """A config as a user would write it, through the same YAML parser and `${ENV}` interpolation."""
     destination: dict[str, Any] = {
@@ -46,10 +52,15 @@ def make_config(
     destination.update(amplitude)
     document = {
         "store": {"path": str(store)},
-        "sources": {"customerio_webhooks": {"signing_keys": signing_keys or ["${CIO_KEY}"]}},
-        "destinations": {"amplitude": destination},
+        "sources": {
+            "customerio_webhooks": {"signing_keys": signing_keys or ["${CIO_KEY}"]},
+            **(extra_sources or {}),
+        },
+        "destinations": {"amplitude": destination, **(extra_destinations or {})},
     }
-    return parse_config(yaml.safe_dump(document), env={"CIO_KEY": SIGNING_KEY, "AMP_KEY": API_KEY})
+    return parse_config(
+        yaml.safe_dump(document), env={"CIO_KEY": SIGNING_KEY, "AMP_KEY": API_KEY, **(env or {})}
+    )
 
 
 @pytest.fixture

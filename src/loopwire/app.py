@@ -21,6 +21,7 @@ from loopwire.destinations.registry import build_destination
 from loopwire.metrics import Metrics
 from loopwire.pipeline.delivery import Courier
 from loopwire.pipeline.router import Ingest
+from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.store import Store
 from loopwire.web.console import render_console
@@ -42,7 +43,7 @@ class Runtime:
         self.couriers: dict[str, Courier] = {}
         self.ingest = Ingest(
             self.store,
-            {name: dest.takes for name, dest in self.destinations.items()},
+            {name: dest.accepts for name, dest in self.destinations.items()},
             self.metrics,
             wake=self._wake,
         )
@@ -124,6 +125,17 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starle
             webhook_config, runtime.ingest, runtime.metrics, config.server.max_body_bytes, clock
         )
         routes.append(Route("/webhooks/customerio", handler.handle, methods=["POST"]))
+    amplitude_config = config.sources.amplitude_api
+    if amplitude_config is not None:
+        amplitude = AmplitudeApi(amplitude_config, runtime.ingest, runtime.metrics, clock)
+        for path, endpoint in (
+            ("/2/httpapi", amplitude.httpapi),
+            ("/batch", amplitude.batch),
+            ("/identify", amplitude.identify),
+            ("/groupidentify", amplitude.groupidentify),
+        ):
+            routes.append(Route(path, endpoint, methods=["POST", "GET"] if path == "/identify" else ["POST"]))
+            routes.append(Route(path, amplitude.preflight, methods=["OPTIONS"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     return app

@@ -40,8 +40,14 @@ class CustomerioWebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_field
     replay_window: Duration = Duration(900.0)
 
 
+class AmplitudeApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Project API keys the apps' SDKs send; others get Amplitude's "Invalid API key" answer.
+    api_keys: list[Secret]
+
+
 class SourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     customerio_webhooks: CustomerioWebhooksConfig | None = None
+    amplitude_api: AmplitudeApiConfig | None = None  # POST /2/httpapi, /batch, /identify, /groupidentify
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -23,6 +23,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     time_ms: int  # when it happened, milliseconds since the epoch
     received_ms: int  # when loopwire committed it
     user_id: str | None = None
+    anonymous_id: str | None = None  # Amplitude device_id, Segment anonymousId
     email: str | None = None
     data: dict[str, Any] = {}  # the source payload's own fields, unchanged
 

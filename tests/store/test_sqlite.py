@@ -134,3 +134,17 @@ def test_cli_store_does_not_steal_in_flight_rows(tmp_path: Path) -> None:
     assert cli.recovered == 0 and cli.counts()["amplitude"]["in_flight"] == 1
     cli.close()
     server.close()
+
+
+def test_sent_memory_recalls_what_was_remembered(tmp_path: Path) -> None:
+    from loopwire.store import SentMemory
+
+    store = Store(tmp_path / "log.db")
+    memory = SentMemory(store, "customerio")
+    assert memory.recall("person:ada") is None
+    asyncio.run(memory.remember({"person:ada": {"plan": "gold"}}, now_ms=1))
+    asyncio.run(memory.remember({"person:ada": {"plan": "platinum"}}, now_ms=2))
+    assert memory.recall("person:ada") == {"plan": "platinum"}
+    assert SentMemory(store, "other").recall("person:ada") is None
+    memory.close()
+    store.close()

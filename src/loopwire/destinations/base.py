@@ -21,6 +21,13 @@ class Skip(msgspec.Struct, frozen=True):
     reason: str
 
 
+class Invalid(msgspec.Struct, frozen=True):
+    """The event breaks a vendor limit the user must fix (an attribute over 1000 bytes, say):
+    dead-lettered with this reason before anything is sent, so it can be corrected and replayed."""
+
+    reason: str
+
+
 class Delivered(msgspec.Struct, frozen=True):
     indexes: frozenset[int] | None = None
     reason: str = "accepted"
@@ -59,6 +66,14 @@ class Response(msgspec.Struct, frozen=True):
     headers: dict[str, str] = {}
 
 
+class Memory(Protocol):
+    """What a destination last sent per key (store-backed; see `store.SentMemory`)."""
+
+    def recall(self, key: str) -> dict[str, Any] | None: ...
+
+    async def remember(self, items: dict[str, dict[str, Any]], now_ms: int) -> None: ...
+
+
 class RetrySettings(Protocol):
     @property
     def initial_backoff(self) -> float: ...
@@ -72,7 +87,6 @@ class Destination(Protocol):
     """What a destination package hands the delivery loop (see `destinations/registry.py`)."""
 
     name: str
-    takes: frozenset[str]  # the sources whose events it accepts
     max_events: int  # per request, within the vendor's limit
     max_bytes: int  # per request body, within the vendor's limit
     concurrency: int  # requests in flight
@@ -81,7 +95,11 @@ class Destination(Protocol):
     @property
     def retry(self) -> RetrySettings: ...
 
-    def map(self, event: Event, now_ms: int) -> dict[str, Any] | Skip: ...
+    def accepts(self, event: Event) -> bool:
+        """Routing: does this destination take the event (its `route:` options)?"""
+        ...
+
+    def map(self, event: Event, now_ms: int) -> dict[str, Any] | Skip | Invalid: ...
 
     def encode(self, payload: dict[str, Any]) -> bytes: ...
 

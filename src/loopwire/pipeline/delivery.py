@@ -14,7 +14,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loopwire.destinations.base import Delivered, Destination, Outcome, Rejected, Response, Retry, Skip, Split
+from loopwire.destinations.base import (
+    Delivered,
+    Destination,
+    Invalid,
+    Outcome,
+    Rejected,
+    Response,
+    Retry,
+    Skip,
+    Split,
+)
 from loopwire.metrics import Metrics
 from loopwire.model import decode_event
 from loopwire.store import Claimed, Settlement, Store
@@ -128,6 +138,9 @@ class Courier:
                 payload = self.dest.map(event, self.now_ms())
                 if isinstance(payload, Skip):
                     settlements.append(Settlement(row.seq, "skipped", reason=payload.reason))
+                    continue
+                if isinstance(payload, Invalid):
+                    settlements.append(Settlement(row.seq, "dead", reason=self.dest.redact(payload.reason)))
                     continue
                 items.append(_Item(row, payload, self.dest.encode(payload), event.received_ms))
             except Exception as exc:  # a mapping bug must not lose the event: park it with the reason

@@ -9,9 +9,9 @@ from loopwire.model import Event
 from loopwire.store import Store
 
 
-def route(event: Event, takes: Mapping[str, frozenset[str]]) -> list[str]:
-    """Destinations (by name) whose accepted sources include the event's source."""
-    return [name for name, sources in takes.items() if event.source in sources]
+def route(event: Event, takes: Mapping[str, Callable[[Event], bool]]) -> list[str]:
+    """Destinations (by name) whose route takes the event."""
+    return [name for name, accepts in takes.items() if accepts(event)]
 
 
 class Ingest:
@@ -20,7 +20,7 @@ class Ingest:
     def __init__(
         self,
         store: Store,
-        takes: Mapping[str, frozenset[str]],
+        takes: Mapping[str, Callable[[Event], bool]],
         metrics: Metrics,
         wake: Callable[[str], None] = lambda name: None,
     ) -> None:

@@ -3,7 +3,7 @@
     sb = AmplitudeSandbox(api_keys=frozenset({"demo-key"}))
     uvicorn.run(sb.app, port=8787)   # then point an SDK at http://127.0.0.1:8787/2/httpapi
 
-The rules (limits, validation, answer bodies) live in `amplitude_rules`; this module holds the
+The rules (limits, validation, answer bodies) live in `contracts.amplitude`; this module holds the
 state (accepted events, insert_id memory, per-id rate windows, queued faults) and the HTTP layer.
 See docs/sandbox.md for every endpoint and fault.
 """
@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from loopwire.sandbox.amplitude_rules import (
+from loopwire.contracts.amplitude import (
     BATCH_EPS_LIMIT,
     BATCH_MAX_BYTES,
     BATCH_MAX_EVENTS,
@@ -55,6 +55,7 @@ from loopwire.sandbox.amplitude_rules import (
     throttled_indexes,
     too_large,
 )
+from loopwire.httpio import read_limited
 
 CONTROL = "/_sandbox/amplitude"
 Endpoint = Literal["httpapi", "batch", "identify", "groupidentify"]
@@ -175,19 +176,6 @@ def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
     return Response(msgspec.json.encode(body), status, headers, "application/json")
 
 
-async def _read_body(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The body, or (b"", True) once it passes `limit` (the rest is drained, not kept)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif chunks:
-            chunks.clear()
-    return (b"", True) if size > limit else (b"".join(chunks), False)
-
-
 class AmplitudeSandbox:
     """Amplitude's HTTP V2, Batch, Identify and Group Identify APIs, in memory.
 
@@ -272,7 +260,7 @@ class AmplitudeSandbox:
     async def _ingest(
         self, request: Request, endpoint: Endpoint, max_bytes: int, max_events: int
     ) -> Response:
-        raw, over = await _read_body(request, max_bytes)
+        raw, over = await read_limited(request, max_bytes)
         headers = request.headers
         body, problem = decode_body(
             raw, over, headers.get("content-type", ""), headers.get("content-encoding", ""), max_bytes
@@ -305,7 +293,7 @@ class AmplitudeSandbox:
         return await self._identify_like(request, "groupidentify", GROUPIDENTIFY_MAX_BYTES)
 
     async def _identify_like(self, request: Request, endpoint: Endpoint, max_bytes: int) -> Response:
-        raw, over = await _read_body(request, max_bytes)
+        raw, over = await read_limited(request, max_bytes)
         content_type = request.headers.get("content-type", "")
         query = request.url.query if request.method == "GET" else None
         form = {} if over else form_fields(content_type, raw, query)

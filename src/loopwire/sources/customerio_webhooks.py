@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from loopwire.config import CustomerioWebhooksConfig
 from loopwire.errors import InputError
+from loopwire.httpio import read_limited
 from loopwire.metrics import Metrics
 from loopwire.model import Event
 from loopwire.sources.customerio_parse import is_known_pair, parse_webhook
@@ -70,17 +71,10 @@ def error_response(error: InputError) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError(413, "body_too_large", f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body, over = await read_limited(request, limit)
+    if over:
+        raise InputError(413, "body_too_large", f"body is over the {limit}-byte limit")
+    return body
 
 
 class CustomerioWebhooks:

@@ -34,6 +34,17 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX outbox_ready ON outbox (dest, state, next_ms);
     """,
+    # 2: what a destination last sent per key (e.g. a person's selected attributes), so it can send
+    #    only changes
+    """
+    CREATE TABLE sent_state (
+        dest       TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (dest, key)
+    ) WITHOUT ROWID;
+    """,
 )
 
 

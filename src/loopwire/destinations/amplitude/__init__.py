@@ -12,13 +12,14 @@ from loopwire.destinations.amplitude.client import AmplitudeClient
 from loopwire.destinations.amplitude.mapping import envelope, map_event
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Outcome, Response, Retry, Skip
+from loopwire.destinations.routing import accepts
 from loopwire.model import Event
 
 _encode = msgspec.json.Encoder().encode
 
 
 class AmplitudeDestination:
-    takes = frozenset({"customerio"})
+    default_sources = frozenset({"customerio", "amplitude"})
 
     def __init__(self, name: str, options: AmplitudeOptions, http: httpx.AsyncClient) -> None:
         self.name = name
@@ -34,6 +35,9 @@ class AmplitudeDestination:
 
     def _envelope_size(self) -> int:
         return 200 + len(self.options.api_key.reveal())
+
+    def accepts(self, event: Event) -> bool:
+        return accepts(self.options.route, self.default_sources, event)
 
     def map(self, event: Event, now_ms: int) -> dict[str, Any] | Skip:
         return map_event(event, self.options, now_ms)

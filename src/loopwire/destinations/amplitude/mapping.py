@@ -83,12 +83,22 @@ def _no_id(zero_without_email: bool, user_id: str | None, device_id: Any, min_le
     return Skip(reason)
 
 
+def forward(event: Event) -> dict[str, Any]:
+    """An event an app sent to loopwire's Amplitude-compatible input goes on unchanged; only an
+    `insert_id` is added where the SDK sent none, so loopwire's retries cannot double-count."""
+    if "insert_id" in event.data:
+        return event.data
+    return {**event.data, "insert_id": event.id}
+
+
 def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str, Any] | Skip:
     """One Customer.io reporting-webhook `Event` → one Amplitude HTTP V2 event object, or `Skip`.
 
     `now_ms` is the injected clock every mapping receives; this one reads no clock (the event's own
     timestamp is always present).
     """
+    if event.source != "customerio":
+        return forward(event)
     channel = event.channel or ""
     metric = event.metric or ""
     if options.channels is not None and channel not in options.channels:

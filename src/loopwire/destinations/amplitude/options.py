@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from loopwire.destinations.routing import Route
 from loopwire.settings import Duration, Secret
 
 CHANNELS = ("email", "push", "sms", "in_app", "slack", "webhook", "whatsapp", "customer")
@@ -48,3 +49,4 @@ class AmplitudeOptions(
     min_id_length: int | None = None  # sent as options.min_id_length
     batching: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
+    route: Route = Route()  # default sources: customerio (engagement) and amplitude (forwarded SDK events)
