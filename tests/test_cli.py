@@ -177,3 +177,46 @@ def test_test_connection_reports_success_and_refusal(tmp_path: Path, sandbox: An
     )
     assert refused.exit_code == 1
     assert "400" in refused.output and "wrong-key-12345" not in refused.output
+
+
+def test_backfill_queues_history_the_route_takes(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("AMP_KEY", API_KEY)
+    config = write_config(tmp_path)
+    store = Store(tmp_path / "loopwire.db")
+    old = [
+        Event(
+            id=f"old-{n}",
+            source="customerio",
+            kind="message",
+            channel="email",
+            metric="sent",
+            time_ms=1_700_000_000_000 + n,
+            received_ms=1,
+        )
+        for n in range(4)
+    ]
+    ignored = Event(
+        id="seg-1",
+        source="segment",
+        kind="track",
+        name="Order Completed",
+        time_ms=1_800_000_000_000,
+        received_ms=1,
+    )
+    store.append_sync([*old, ignored], [[]] * 5)  # logged before the destination existed
+    store.close()
+    result = runner.invoke(
+        app, ["backfill", "--to", "amplitude", "--since", "2023-11-14T22:13:20Z", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "5 events" in result.output and "4 queued" in result.output
+    again = runner.invoke(
+        app, ["backfill", "--to", "amplitude", "--since", "2020-01-01", "--config", str(config)]
+    )
+    assert "0 queued" in again.output
+    status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).stdout)
+    assert status["destinations"]["amplitude"]["pending"] == 4
+    bad = runner.invoke(
+        app, ["backfill", "--to", "amplitude", "--since", "last tuesday", "--config", str(config)]
+    )
+    assert bad.exit_code == 2

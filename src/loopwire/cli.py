@@ -46,6 +46,24 @@ def _load(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
+def destination_type(options: Any) -> str:
+    """The `type:` a destination was configured with (its options struct's tag)."""
+    return str(type(options).__struct_config__.tag)
+
+
+def _pick_destination(cfg: Config, wanted: str, config: Path) -> tuple[str, Any]:
+    """A destination by name, or by type when exactly one has that type."""
+    if wanted in cfg.destinations:
+        return wanted, cfg.destinations[wanted]
+    typed = {n: o for n, o in cfg.destinations.items() if destination_type(o) == wanted}
+    if len(typed) != 1:
+        err.print(
+            f"no single destination named or typed {wanted!r} in {config} (have {sorted(cfg.destinations)})"
+        )
+        raise typer.Exit(2)
+    return next(iter(typed.items()))
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
@@ -165,22 +183,11 @@ def test_connection(
 
     Example: `loopwire test-connection amplitude --config loopwire.yaml`
     """
-    from loopwire.destinations.amplitude.options import AmplitudeOptions
-    from loopwire.destinations.amplitude.testing import send_test_event
+    from loopwire.destinations.registry import test_connection as check
 
     cfg = _load(config)
-    matches = {
-        n: o
-        for n, o in cfg.destinations.items()
-        if n == target or (isinstance(o, AmplitudeOptions) and target == "amplitude")
-    }
-    if len(matches) != 1:
-        err.print(
-            f"no single destination named or typed {target!r} in {config} (have {sorted(cfg.destinations)})"
-        )
-        raise typer.Exit(2)
-    name, options = next(iter(matches.items()))
-    result = asyncio.run(send_test_event(options))
+    name, options = _pick_destination(cfg, target, config)
+    result = asyncio.run(check(options))
     colour = "green" if result.ok else "red"
     out.print(f"[{colour}]{name}: {result.summary}[/{colour}]", highlight=False)
     if result.detail:
@@ -291,6 +298,78 @@ def dlq_replay(
     finally:
         store.close()
     out.print(f"{count} dead letter(s) back to pending.")
+
+
+def _parse_since(text: str) -> int:
+    """`2026-11-01`, `2026-11-01T12:00:00Z` or a duration back from now (`7d`, `36h`) → epoch ms."""
+    from datetime import UTC, datetime
+
+    from loopwire.settings import Duration
+
+    try:
+        return int((time.time() - Duration.parse(text)) * 1000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        err.print(
+            f"--since {text!r}: use a date (2026-11-01), a timestamp (2026-11-01T12:00:00Z) or a duration (7d)"
+        )
+        raise typer.Exit(2) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@app.command()
+def backfill(
+    to: Annotated[str, typer.Option("--to", help="Destination name (or type) from the config.")],
+    since: Annotated[
+        str, typer.Option(help="Events that happened since: a date, a timestamp or a duration (7d).")
+    ],
+    config: ConfigOption = Path("loopwire.yaml"),
+    resend: Annotated[
+        bool,
+        typer.Option(help="Also send again events the destination already has (ids make it idempotent)."),
+    ] = False,
+) -> None:
+    """Replay history from the log into a destination's outbox; a running server delivers it.
+
+    Only events the destination's `route:` takes are queued. Without --resend, events already queued
+    for (or delivered to) the destination are left alone.
+
+    Example: `loopwire backfill --to customerio --since 2026-11-01`
+    """
+    import httpx
+    from rich.progress import Progress
+
+    from loopwire.destinations.registry import build_destination
+    from loopwire.model import decode_event
+    from loopwire.store import Store
+
+    cfg = _load(config)
+    name, options = _pick_destination(cfg, to, config)
+    since_ms = _parse_since(since)
+    destination = build_destination(name, options, httpx.AsyncClient())  # used for its route only
+    store = Store(cfg.store.path, recover=False)
+    queued = scanned = 0
+    try:
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task(f"backfill → {name}", total=None)
+            after = 0
+            while True:
+                rows = store.scan_events(since_ms, after, 5000)
+                if not rows:
+                    break
+                after = rows[-1][0]
+                scanned += len(rows)
+                seqs = [seq for seq, body in rows if destination.accepts(decode_event(body))]
+                queued += store.enqueue(name, seqs, int(time.time() * 1000), resend)
+                progress.update(task, advance=len(rows), description=f"backfill → {name}: {queued} queued")
+    finally:
+        store.close()
+    out.print(f"{scanned} events since {since} scanned; {queued} queued for {name}.")
 
 
 @app.command()

@@ -148,3 +148,17 @@ def test_sent_memory_recalls_what_was_remembered(tmp_path: Path) -> None:
     assert SentMemory(store, "other").recall("person:ada") is None
     memory.close()
     store.close()
+
+
+def test_backfill_enqueues_only_missing_rows_unless_resend(store: Store) -> None:
+    store.append_sync([event(1), event(2), event(3)], [["amplitude"], [], []])
+    rows = store.scan_events(since_ms=1_002, after_seq=0, limit=10)
+    assert [decode_event(body).id for _, body in rows] == ["evt-00002", "evt-00003"]
+    all_seqs = [seq for seq, _ in store.scan_events(0, 0, 10)]
+    assert store.enqueue("amplitude", all_seqs, now_ms=9_000, resend=False) == 2
+    assert store.counts()["amplitude"]["pending"] == 3
+    (first, *_) = asyncio.run(store.claim("amplitude", 1, now_ms=10_000))
+    asyncio.run(store.settle("amplitude", [Settlement(first.seq, "delivered")], 10_000))
+    assert store.enqueue("amplitude", all_seqs, now_ms=11_000, resend=False) == 0
+    assert store.enqueue("amplitude", all_seqs, now_ms=11_000, resend=True) == 3
+    assert store.counts()["amplitude"]["delivered"] == 0

@@ -216,6 +216,37 @@ class Store:
         )
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def scan_events(self, since_ms: int, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """(seq, encoded Event) of logged events that happened at or after `since_ms`, in log order."""
+        rows: list[tuple[int, bytes]] = self.run(
+            lambda c: c.execute(
+                "SELECT seq, body FROM events WHERE seq > ? AND time_ms >= ? ORDER BY seq LIMIT ?",
+                (after_seq, since_ms, limit),
+            ).fetchall()
+        )
+        return rows
+
+    def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int:
+        """Put logged events into a destination's outbox (backfill). Rows already there are left as
+        they are unless `resend`, which makes them pending again with fresh attempts."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            rows = [(dest, seq, now_ms, now_ms, now_ms) for seq in seqs]
+            sql = "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms) VALUES (?, ?, 'pending', ?, ?, ?)"
+            if resend:
+                sql += (
+                    " ON CONFLICT (dest, seq) DO UPDATE SET state = 'pending', attempts = 0,"
+                    " enqueued_ms = excluded.enqueued_ms, next_ms = excluded.next_ms, updated_ms = excluded.updated_ms"
+                    " WHERE state != 'in_flight'"
+                )
+            else:
+                sql += " ON CONFLICT (dest, seq) DO NOTHING"
+            before = conn.total_changes
+            conn.executemany(sql, rows)
+            return conn.total_changes - before
+
+        return self.run(job)
+
     def replay_dead(
         self, now_ms: int, dest: str | None = None, event_ids: Sequence[str] | None = None
     ) -> int:
