@@ -220,3 +220,42 @@ def test_backfill_queues_history_the_route_takes(tmp_path: Path, monkeypatch: An
         app, ["backfill", "--to", "amplitude", "--since", "last tuesday", "--config", str(config)]
     )
     assert bad.exit_code == 2
+
+
+def test_sandbox_command_serves_all_three_vendors() -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import wait_until
+    from tests.helpers.servers import free_port
+
+    port = free_port()
+    while any(_busy(port + n) for n in range(3)):
+        port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loopwire", "sandbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def up(url: str) -> bool:
+            try:
+                return httpx.get(url, timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        for offset, path in enumerate(("amplitude/events", "customerio/people", "segment/messages")):
+            wait_until(lambda: up(f"http://127.0.0.1:{port + offset}/_sandbox/{path}"), timeout=20, what=path)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _busy(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -95,28 +95,62 @@ def serve(
     )
 
 
+VENDORS = ("amplitude", "customerio", "segment")
+
+
 @app.command()
 def sandbox(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8420,
+    port: Annotated[
+        int, typer.Option(help="Port of the first sandbox; the others take the next ports.")
+    ] = 8420,
+    vendor: Annotated[
+        list[str] | None,
+        typer.Option("--vendor", help="amplitude, customerio or segment (repeat; default: all)."),
+    ] = None,
     api_key: Annotated[
-        list[str] | None, typer.Option("--api-key", help="Accepted Amplitude API key (repeat; default: any).")
+        list[str] | None,
+        typer.Option(
+            "--api-key", help="Accepted Amplitude API key / Segment write key (repeat; default: any)."
+        ),
     ] = None,
 ) -> None:
-    """Run the local Amplitude API sandbox (documented validation, limits, throttling, dedupe).
+    """Run local sandboxes of the vendor APIs (documented validation, limits, throttling, dedupe, faults).
 
-    Point a destination's `base_url` at it, then read what it accepted at
-    `GET /_sandbox/amplitude/events`.
+    Amplitude on PORT, Customer.io Track on PORT+1, Segment on PORT+2 (in the order given). Point a
+    destination's `base_url` at one, then read what it accepted under `/_sandbox/<vendor>/`.
 
-    Example: `loopwire sandbox --port 8420 --api-key demo-key`
+    Example: `loopwire sandbox --port 8420 --vendor amplitude --api-key demo-key`
     """
     import uvicorn
 
     from loopwire.sandbox.amplitude import AmplitudeSandbox
+    from loopwire.sandbox.customerio import CustomerioSandbox
+    from loopwire.sandbox.segment import SegmentSandbox
 
-    box = AmplitudeSandbox(api_keys=frozenset(api_key) if api_key else None)
-    err.print(f"Amplitude sandbox on http://{host}:{port} (events at /_sandbox/amplitude/events)")
-    uvicorn.run(box.app, host=host, port=port, loop="uvloop", http="httptools", log_level="warning")
+    chosen = vendor or list(VENDORS)
+    unknown = sorted(set(chosen) - set(VENDORS))
+    if unknown:
+        err.print(f"unknown vendor {', '.join(unknown)}; choose from {', '.join(VENDORS)}")
+        raise typer.Exit(2)
+    keys = frozenset(api_key) if api_key else None
+    apps = {
+        "amplitude": lambda: AmplitudeSandbox(api_keys=keys).app,
+        "customerio": lambda: CustomerioSandbox().app,
+        "segment": lambda: SegmentSandbox(write_keys=keys).app,
+    }
+    servers = []
+    for offset, name in enumerate(chosen):
+        config = uvicorn.Config(
+            apps[name](), host=host, port=port + offset, loop="uvloop", http="httptools", log_level="warning"
+        )
+        servers.append(uvicorn.Server(config))
+        err.print(f"{name} sandbox on http://{host}:{port + offset} (what it accepted: /_sandbox/{name}/)")
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(serve_all())
 
 
 @app.command("map")
