@@ -23,6 +23,7 @@ from loopwire.pipeline.delivery import Courier
 from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
+from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import Store
 from loopwire.web.console import render_console
 from loopwire.web.openapi import openapi_document
@@ -136,6 +137,11 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Starle
         ):
             routes.append(Route(path, endpoint, methods=["POST", "GET"] if path == "/identify" else ["POST"]))
             routes.append(Route(path, amplitude.preflight, methods=["OPTIONS"]))
+    segment_config = config.sources.segment_api
+    if segment_config is not None:
+        segment = SegmentApi(segment_config, runtime.ingest, runtime.metrics, clock)
+        for call in ("track", "identify", "group", "page", "screen", "alias", "batch"):
+            routes.append(Route(f"/v1/{call}", segment.endpoint(call), methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     return app

@@ -45,9 +45,15 @@ class AmplitudeApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     api_keys: list[Secret]
 
 
+class SegmentApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Write keys the storefront's Segment library sends (body `writeKey` or HTTP Basic username).
+    write_keys: list[Secret]
+
+
 class SourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     customerio_webhooks: CustomerioWebhooksConfig | None = None
     amplitude_api: AmplitudeApiConfig | None = None  # POST /2/httpapi, /batch, /identify, /groupidentify
+    segment_api: SegmentApiConfig | None = None  # POST /v1/track|identify|group|page|screen|alias|batch
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

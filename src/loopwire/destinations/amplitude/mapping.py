@@ -97,8 +97,12 @@ def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str,
     `now_ms` is the injected clock every mapping receives; this one reads no clock (the event's own
     timestamp is always present).
     """
-    if event.source != "customerio":
+    if event.source == "amplitude":
         return forward(event)
+    if event.source != "customerio":
+        return Skip(
+            f"the amplitude destination maps Customer.io and Amplitude events, not {event.source} ones"
+        )
     channel = event.channel or ""
     metric = event.metric or ""
     if options.channels is not None and channel not in options.channels:
