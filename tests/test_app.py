@@ -248,3 +248,37 @@ def test_health_status_and_console(loopwire: Any) -> None:
     assert status["events"] == 1 and status["destinations"]["amplitude"]["delivered"] == 1
     assert "loopwire" in page and API_KEY not in page and SIGNING_KEY not in page
     assert {"/webhooks/customerio", "/healthz", "/metrics", "/api/status", "/"} <= set(spec["paths"])
+
+
+def test_one_webhook_reaches_amplitude_and_segment(loopwire: Any, sandbox: Any) -> None:
+    from loopwire.sandbox.segment import SegmentSandbox
+    from tests.helpers.servers import serve_app
+
+    box, _ = sandbox
+    segment = SegmentSandbox(write_keys=frozenset({"seg-write-key"}))
+    with serve_app(segment.app) as segment_url:
+        destination = {
+            "type": "segment",
+            "write_key": "${SEG_KEY}",
+            "region": "us",
+            "base_url": segment_url,
+            "batching": {"linger": "10ms"},
+            "retry": {"initial_backoff": "50ms", "max_backoff": "200ms", "max_age": "1h", "timeout": "2s"},
+        }
+        with loopwire(extra_destinations={"segment": destination}, env={"SEG_KEY": "seg-write-key"}) as (
+            url,
+            runtime,
+        ):
+            doc = webhook("email", "delivered")
+            send(url, doc)
+            wait_until(
+                lambda: (
+                    runtime.store.counts().get("segment", {}).get("delivered") == 1
+                    and delivered(runtime) == 1
+                ),
+                what="delivery to both",
+            )
+    (message,) = segment.messages
+    assert message["event"] == "Email Delivered" and message["messageId"] == doc["event_id"]
+    assert message["userId"] == "cust_000123"
+    assert [e["event_type"] for e in box.events] == ["Email Delivered"]

@@ -248,7 +248,8 @@ def test_sandbox_command_serves_all_three_vendors() -> None:
                 return False
 
         for offset, path in enumerate(("amplitude/events", "customerio/people", "segment/messages")):
-            wait_until(lambda: up(f"http://127.0.0.1:{port + offset}/_sandbox/{path}"), timeout=20, what=path)
+            address = f"http://127.0.0.1:{port + offset}/_sandbox/{path}"
+            wait_until(lambda address=address: up(address), timeout=20, what=path)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -259,3 +260,25 @@ def _busy(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_map_to_segment_and_from_other_sources() -> None:
+    body = (REFERENCE / "constructed" / "email_clicked.human.json").read_text()
+    seg = runner.invoke(app, ["map", "--from", "customerio", "--to", "segment"], input=body)
+    assert seg.exit_code == 0, seg.output
+    (message,) = json.loads(seg.stdout)["batch"]
+    assert message["type"] == "track" and message["event"] == "Email Link Clicked"
+    amp_event = json.dumps({"event_type": "Order Completed", "user_id": "shopper-1", "insert_id": "ins-1"})
+    forwarded = json.loads(
+        runner.invoke(app, ["map", "--from", "amplitude", "--to", "amplitude"], input=amp_event).stdout
+    )
+    assert forwarded == json.loads(amp_event)
+    seg_msg = json.dumps(
+        {"type": "track", "userId": "shopper-1", "event": "Order Completed", "messageId": "m-1"}
+    )
+    passed = json.loads(
+        runner.invoke(app, ["map", "--from", "segment", "--to", "segment"], input=seg_msg).stdout
+    )
+    assert passed["batch"][0]["event"] == "Order Completed"
+    assert runner.invoke(app, ["map", "--from", "segment", "--to", "segment"], input="{}").exit_code == 2
+    assert runner.invoke(app, ["map", "--to", "nowhere"], input=body).exit_code == 2

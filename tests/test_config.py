@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,13 @@ def test_invalid_yaml_names_the_line() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config("server:\n  port: [1\n", env={})
     assert error.value.line is not None
+
+
+def test_commented_examples_in_the_annotated_config_load_too() -> None:
+    text = EXAMPLE.read_text()
+    # "  # key: value" and "  #   - item" lines are examples; prose comments start at column 0
+    uncommented = re.sub(r"(?m)^(  +)# ( *)([\w-]+:|- )", r"\1\2\3", text)
+    env = {**ENV, "STOREFRONT_WRITE_KEY": "w", "SEGMENT_WRITE_KEY": "s"}
+    config = parse_config(uncommented, env=env)
+    assert set(config.destinations) >= {"amplitude", "segment"}
+    assert config.sources.segment_api is not None and config.sources.amplitude_api is not None

@@ -24,7 +24,7 @@ from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
-from loopwire.store import Store
+from loopwire.store import SentMemory, Store
 from loopwire.web.console import render_console
 from loopwire.web.openapi import openapi_document
 
@@ -38,8 +38,10 @@ class Runtime:
         self.metrics = Metrics()
         self.store = Store(config.store.path, config.store.group_commit_max)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.memories = {name: SentMemory(self.store, name) for name in config.destinations}
         self.destinations: dict[str, Destination] = {
-            name: build_destination(name, options, self.http) for name, options in config.destinations.items()
+            name: build_destination(name, options, self.http, self.memories[name])
+            for name, options in config.destinations.items()
         }
         self.couriers: dict[str, Courier] = {}
         self.ingest = Ingest(
@@ -66,6 +68,8 @@ class Runtime:
         for dest in self.destinations.values():
             await dest.aclose()
         await self.http.aclose()
+        for memory in self.memories.values():
+            memory.close()
         self.store.close()
 
     def status(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from loopwire.config import Config, load_config
 from loopwire.errors import ConfigError, InputError
+from loopwire.model import Event
 
 app = typer.Typer(
     name="loopwire",
@@ -46,16 +47,13 @@ def _load(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
-def destination_type(options: Any) -> str:
-    """The `type:` a destination was configured with (its options struct's tag)."""
-    return str(type(options).__struct_config__.tag)
-
-
 def _pick_destination(cfg: Config, wanted: str, config: Path) -> tuple[str, Any]:
     """A destination by name, or by type when exactly one has that type."""
     if wanted in cfg.destinations:
         return wanted, cfg.destinations[wanted]
-    typed = {n: o for n, o in cfg.destinations.items() if destination_type(o) == wanted}
+    from loopwire.destinations.registry import type_of
+
+    typed = {n: o for n, o in cfg.destinations.items() if type_of(o) == wanted}
     if len(typed) != 1:
         err.print(
             f"no single destination named or typed {wanted!r} in {config} (have {sorted(cfg.destinations)})"
@@ -153,10 +151,42 @@ def sandbox(
     asyncio.run(serve_all())
 
 
+SOURCES = ("customerio", "amplitude", "segment")
+
+
+def _read_event(source: str, raw: bytes, now_ms: int) -> Event:
+    """One input document as its source would turn it into an Event."""
+    from loopwire.sources import amplitude_api, segment_api
+    from loopwire.sources.customerio_parse import parse_webhook
+
+    if source == "customerio":
+        return parse_webhook(raw, now_ms)
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InputError(400, "invalid_json", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(400, "invalid_json", "expected one JSON object")
+    if source == "amplitude":
+        if not isinstance(doc.get("event_type"), str):
+            raise InputError(400, "missing_field", "an Amplitude event needs `event_type`")
+        return amplitude_api.to_event(doc, now_ms)
+    if doc.get("type") not in segment_api.CALLS:
+        raise InputError(
+            400, "missing_field", f"a Segment message needs `type`: one of {', '.join(segment_api.CALLS)}"
+        )
+    return segment_api.to_event(doc, now_ms)
+
+
 @app.command("map")
 def map_command(
-    source: Annotated[str, typer.Option("--from", help="Source of the input JSON.")] = "customerio",
-    target: Annotated[str, typer.Option("--to", help="Destination type to map to.")] = "amplitude",
+    source: Annotated[
+        str,
+        typer.Option("--from", help="customerio (a webhook), amplitude (an event) or segment (a message)."),
+    ] = "customerio",
+    target: Annotated[
+        str, typer.Option("--to", help="Destination type: amplitude or segment.")
+    ] = "amplitude",
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Take the destination's options from this config.")
     ] = None,
@@ -167,45 +197,50 @@ def map_command(
         list[str] | None, typer.Option("--set", help="Override an option: KEY=VALUE (repeat).")
     ] = None,
 ) -> None:
-    """Map one webhook JSON (stdin) to the destination's payload (stdout) — the pure mapping.
+    """Map one input JSON (stdin) to the destination's payload (stdout) — the pure mapping.
 
-    Prints `{"skip": "<reason>"}` when the event would not be sent.
+    Prints `{"skip": "<reason>"}` when the event would not be sent, `{"invalid": "<reason>"}` when
+    it breaks a limit of the destination (it would be dead-lettered).
 
     Example: `loopwire map --from customerio --to amplitude --set body_content=true < webhook.json`
     """
-    from loopwire.destinations.amplitude.mapping import map_event
-    from loopwire.destinations.amplitude.options import AmplitudeOptions
-    from loopwire.destinations.amplitude.overrides import apply_overrides, default_map_options
-    from loopwire.destinations.base import Skip
-    from loopwire.sources.customerio_parse import parse_webhook
+    from loopwire.destinations.base import Invalid, Skip
+    from loopwire.destinations.registry import KINDS, type_of
 
-    if source != "customerio" or target != "amplitude":
-        err.print(f"mapping from {source} to {target} is not available; available: customerio → amplitude")
+    if source not in SOURCES or target not in KINDS:
+        err.print(f"map --from one of {', '.join(SOURCES)} --to one of {', '.join(KINDS)}")
         raise typer.Exit(2)
-    options = default_map_options()
+    kind = KINDS[target]
+    options = kind.default_map_options()
     if config is not None:
         cfg = _load(config)
-        candidates = {n: o for n, o in cfg.destinations.items() if isinstance(o, AmplitudeOptions)}
+        candidates = {n: o for n, o in cfg.destinations.items() if type_of(o) == target}
         if destination is not None:
             candidates = {n: o for n, o in candidates.items() if n == destination}
         if len(candidates) != 1:
             err.print(
-                f"{config}: name one amplitude destination with --destination (found {sorted(candidates)})"
+                f"{config}: name one {target} destination with --destination (found {sorted(candidates)})"
             )
             raise typer.Exit(2)
         options = next(iter(candidates.values()))
     try:
-        options = apply_overrides(options, assignments or [])
+        options = kind.apply_overrides(options, assignments or [])
     except ConfigError as exc:
         err.print(f"--set: {exc}", highlight=False)
         raise typer.Exit(2) from None
+    now_ms = int(time.time() * 1000)
     try:
-        event = parse_webhook(sys.stdin.buffer.read(), int(time.time() * 1000))
+        event = _read_event(source, sys.stdin.buffer.read(), now_ms)
     except InputError as exc:
         err.print(f"input: {exc.message}", highlight=False)
         raise typer.Exit(2) from None
-    result = map_event(event, options, int(time.time() * 1000))
-    _print_json({"skip": result.reason} if isinstance(result, Skip) else result)
+    result = kind.map_event(event, options, now_ms)
+    if isinstance(result, Skip):
+        _print_json({"skip": result.reason})
+    elif isinstance(result, Invalid):
+        _print_json({"invalid": result.reason})
+    else:
+        _print_json(result)
 
 
 @app.command("test-connection")
@@ -375,17 +410,17 @@ def backfill(
 
     Example: `loopwire backfill --to customerio --since 2026-11-01`
     """
-    import httpx
     from rich.progress import Progress
 
-    from loopwire.destinations.registry import build_destination
+    from loopwire.destinations.registry import kind_of
+    from loopwire.destinations.routing import accepts
     from loopwire.model import decode_event
     from loopwire.store import Store
 
     cfg = _load(config)
     name, options = _pick_destination(cfg, to, config)
     since_ms = _parse_since(since)
-    destination = build_destination(name, options, httpx.AsyncClient())  # used for its route only
+    default_sources = kind_of(options).default_sources
     store = Store(cfg.store.path, recover=False)
     queued = scanned = 0
     try:
@@ -398,7 +433,9 @@ def backfill(
                     break
                 after = rows[-1][0]
                 scanned += len(rows)
-                seqs = [seq for seq, body in rows if destination.accepts(decode_event(body))]
+                seqs = [
+                    seq for seq, body in rows if accepts(options.route, default_sources, decode_event(body))
+                ]
                 queued += store.enqueue(name, seqs, int(time.time() * 1000), resend)
                 progress.update(task, advance=len(rows), description=f"backfill → {name}: {queued} queued")
     finally:
