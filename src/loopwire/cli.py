@@ -185,7 +185,7 @@ def map_command(
         typer.Option("--from", help="customerio (a webhook), amplitude (an event) or segment (a message)."),
     ] = "customerio",
     target: Annotated[
-        str, typer.Option("--to", help="Destination type: amplitude or segment.")
+        str, typer.Option("--to", help="Destination type: amplitude, segment or customerio.")
     ] = "amplitude",
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Take the destination's options from this config.")

@@ -15,11 +15,12 @@ import msgspec
 import yaml
 
 from loopwire.destinations.amplitude.options import AmplitudeOptions
+from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.destinations.segment.options import SegmentOptions
 from loopwire.errors import ConfigError
 from loopwire.settings import Duration, Secret, dec_hook
 
-DestinationOptions = AmplitudeOptions | SegmentOptions
+DestinationOptions = AmplitudeOptions | SegmentOptions | CustomerioOptions
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -168,7 +169,7 @@ def _convert(raw: Any, kind: Any, prefix: str, lines: dict[str, int]) -> Any:
             if missing:
                 text = f"required key `{missing.group(1)}` is missing"
         elif text.startswith("Invalid value") and path.endswith("type"):
-            text = f"{text}: known destination types are amplitude, segment"
+            text = f"{text}: known destination types are amplitude, segment, customerio"
         full = ".".join(part for part in (prefix, path) if part)
         raise ConfigError(text, key=full or "(file)", line=_line_for(full, lines)) from None
 

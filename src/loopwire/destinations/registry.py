@@ -9,13 +9,17 @@ from typing import Any, NamedTuple
 import httpx
 
 from loopwire.config import DestinationOptions
-from loopwire.destinations import amplitude, segment
+from loopwire.destinations import amplitude, customerio, segment
 from loopwire.destinations.amplitude import mapping as amplitude_mapping
 from loopwire.destinations.amplitude import overrides as amplitude_overrides
 from loopwire.destinations.amplitude import testing as amplitude_testing
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.amplitude.testing import ConnectionResult
 from loopwire.destinations.base import Destination, Invalid, Memory, Skip
+from loopwire.destinations.customerio import mapping as customerio_mapping
+from loopwire.destinations.customerio import overrides as customerio_overrides
+from loopwire.destinations.customerio import testing as customerio_testing
+from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.destinations.segment import mapping as segment_mapping
 from loopwire.destinations.segment import overrides as segment_overrides
 from loopwire.destinations.segment import testing as segment_testing
@@ -51,6 +55,15 @@ KINDS: dict[str, Kind] = {
         segment_mapping.map_event,
         segment_overrides.apply_overrides,
         segment_overrides.default_map_options,
+    ),
+    "customerio": Kind(
+        CustomerioOptions,
+        customerio.CustomerioDestination.default_sources,
+        lambda name, options, http, memory: customerio.CustomerioDestination(name, options, http, memory),
+        customerio_testing.send_test_event,
+        customerio_mapping.map_event,
+        customerio_overrides.apply_overrides,
+        customerio_overrides.default_map_options,
     ),
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     kinds: list[str] | None = None
     # Event keys, shell-style globs: a Customer.io event's key is "<object_type>.<metric>"
     # ("email.*", "sms.clicked"), any other event's key is its name ("Order Completed"). None: all.
+    # Only `*` and `?` are wildcards, so "[Amplitude] Page Viewed" is matched as written.
     events: list[str] | None = None
     # Event property keys to send (dotted for nested: "cart.value"); None: all.
     properties: list[str] | None = None
@@ -42,10 +43,19 @@ def accepts(route: Route, default_sources: frozenset[str], event: Event) -> bool
         return False
     if route.kinds is not None and event.kind not in route.kinds:
         return False
-    if route.events is not None:
-        key = event_key(event)
-        return any(fnmatchcase(key, pattern) for pattern in route.events)
-    return True
+    return route.events is None or matches_events(route.events, event)
+
+
+@lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    # Only `*` and `?` are wildcards: brackets are literal, so "[Amplitude] Page Viewed" is a name.
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def matches_events(patterns: list[str], event: Event) -> bool:
+    """Does the event's key match any of the patterns (`*` any run of characters, `?` one)?"""
+    key = event_key(event)
+    return any(_glob(pattern).fullmatch(key) is not None for pattern in patterns)
 
 
 def allowed_properties(properties: dict[str, Any], allow: list[str] | None) -> dict[str, Any]:

@@ -169,7 +169,9 @@ class Courier:
 
     async def _deliver(self, items: list[_Item]) -> list[Settlement]:
         response, outcomes = await self.dest.send([i.part for i in items], [i.payload for i in items])
-        self._metrics.responses.labels(self.name, str(response.status if response else 0)).inc()
+        if response is not None or not all(isinstance(o, Delivered) for o in outcomes):
+            # (a destination may settle rows without a request, e.g. a payload with nothing to send)
+            self._metrics.responses.labels(self.name, str(response.status if response else 0)).inc()
         by_index = _assign(outcomes, len(items))
         kept = describe(response, self.dest.redact)
         settlements: list[Settlement] = []
