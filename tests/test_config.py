@@ -81,7 +81,13 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     text = EXAMPLE.read_text()
     # "  # key: value" and "  #   - item" lines are examples; prose comments start at column 0
     uncommented = re.sub(r"(?m)^(  +)# ( *)([\w-]+:|- )", r"\1\2\3", text)
-    env = {**ENV, "STOREFRONT_WRITE_KEY": "w", "SEGMENT_WRITE_KEY": "s", "CIO_SITE_ID": "site", "CIO_TRACK_API_KEY": "k"}
+    env = {
+        **ENV,
+        "STOREFRONT_WRITE_KEY": "w",
+        "SEGMENT_WRITE_KEY": "s",
+        "CIO_SITE_ID": "site",
+        "CIO_TRACK_API_KEY": "k",
+    }
     config = parse_config(uncommented, env=env)
     assert set(config.destinations) >= {"amplitude", "segment", "customerio"}
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
