@@ -282,3 +282,44 @@ def test_map_to_segment_and_from_other_sources() -> None:
     assert passed["batch"][0]["event"] == "Order Completed"
     assert runner.invoke(app, ["map", "--from", "segment", "--to", "segment"], input="{}").exit_code == 2
     assert runner.invoke(app, ["map", "--to", "nowhere"], input=body).exit_code == 2
+
+
+def test_test_connection_for_segment_and_customerio(tmp_path: Path, monkeypatch: Any) -> None:
+    from loopwire.sandbox.customerio import CustomerioSandbox
+    from loopwire.sandbox.segment import SegmentSandbox
+    from tests.helpers.servers import serve_app
+
+    monkeypatch.setenv("SEG_KEY", "seg-write-key")
+    monkeypatch.setenv("CIO_SITE", "site-1")
+    monkeypatch.setenv("CIO_TRACK", "track-key")
+    segment = SegmentSandbox(write_keys=frozenset({"seg-write-key"}))
+    customerio = CustomerioSandbox(credentials={"site-1": "track-key"})
+    with serve_app(segment.app) as segment_url, serve_app(customerio.app) as customerio_url:
+        path = tmp_path / "loopwire.yaml"
+        destinations = {
+            "segment": {
+                "type": "segment",
+                "write_key": "${SEG_KEY}",
+                "region": "us",
+                "base_url": segment_url,
+            },
+            "stream": {
+                "type": "customerio",
+                "site_id": "${CIO_SITE}",
+                "api_key": "${CIO_TRACK}",
+                "region": "us",
+                "identifier": "email",
+                "base_url": customerio_url,
+            },
+        }
+        path.write_text(
+            yaml.safe_dump({"store": {"path": str(tmp_path / "x.db")}, "destinations": destinations})
+        )
+        seg = runner.invoke(app, ["test-connection", "segment", "--config", str(path)])
+        assert seg.exit_code == 0, seg.output
+        assert [m["event"] for m in segment.messages] == ["Email Delivered"]
+        by_type = runner.invoke(app, ["test-connection", "customerio", "--config", str(path)])
+        assert by_type.exit_code == 0, by_type.output
+        monkeypatch.setenv("CIO_TRACK", "wrong-key")
+        refused = runner.invoke(app, ["test-connection", "stream", "--config", str(path)])
+        assert refused.exit_code == 1 and "wrong-key" not in refused.output
