@@ -15,6 +15,9 @@ FORBIDDEN = {
     "pipeline": {"sources", "app", "cli", "sandbox", "demo", "web"},
     "sources": {"app", "cli", "sandbox", "demo", "web", "destinations"},
     "sandbox": {"sources", "pipeline", "store", "destinations", "app", "cli", "demo", "web"},
+    "contracts": {"sources", "pipeline", "store", "destinations", "app", "cli", "sandbox", "demo", "web"},
+    "audiences": {"sources", "destinations", "app", "cli", "sandbox", "demo", "web"},
+    "analysis": {"sources", "pipeline", "destinations", "app", "cli", "sandbox", "demo", "web"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Audiences: declarative definitions, membership, and deterministic holdouts (`holdouts.py`)."""
