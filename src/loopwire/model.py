@@ -35,6 +35,14 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     updated_ms: int = 0
 
 
+def event_key(event: Event) -> str:
+    """How routes and audiences name an event: "<object_type>.<metric>" for Customer.io engagement
+    ("email.clicked"), the event name for everything else ("Order Completed")."""
+    if event.source == "customerio" and event.channel is not None:
+        return f"{event.channel}.{event.metric}"
+    return event.name or event.kind
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 

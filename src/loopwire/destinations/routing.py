@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from loopwire.model import Event
+from loopwire.model import Event, event_key
 
 
 class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -29,12 +29,6 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     properties: list[str] | None = None
     # Replace email and phone identifiers by SHA-256 of their normalised form (for ad platforms).
     hash_identifiers: bool = False
-
-
-def event_key(event: Event) -> str:
-    if event.source == "customerio" and event.channel is not None:
-        return f"{event.channel}.{event.metric}"
-    return event.name or event.kind
 
 
 def accepts(route: Route, default_sources: frozenset[str], event: Event) -> bool:
