@@ -323,3 +323,73 @@ def test_test_connection_for_segment_and_customerio(tmp_path: Path, monkeypatch:
         monkeypatch.setenv("CIO_TRACK", "wrong-key")
         refused = runner.invoke(app, ["test-connection", "stream", "--config", str(path)])
         assert refused.exit_code == 1 and "wrong-key" not in refused.output
+
+
+def test_lift_reads_the_store_and_renders_table_json_and_html(tmp_path: Path, monkeypatch: Any) -> None:
+    from loopwire.audiences.holdouts import assign
+
+    monkeypatch.setenv("AMP_KEY", API_KEY)
+    path = tmp_path / "loopwire.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"path": str(tmp_path / "loopwire.db")},
+                "experiments": {
+                    "cart": {"name": "Cart journey", "salt": "s1", "holdout_percent": 50, "window": "7d"}
+                },
+            }
+        )
+    )
+    store = Store(tmp_path / "loopwire.db")
+    day = 86_400_000
+    users = [f"user-{n:03d}" for n in range(40)]
+    groups = {u: assign(u, "s1", 50) for u in users}
+    seen = [
+        Event(
+            id=f"seen-{u}",
+            source="segment",
+            kind="track",
+            name="Checkout Started",
+            time_ms=day,
+            received_ms=day,
+            user_id=u,
+        )
+        for u in users
+    ]
+    # every treated user orders 2 days later; of the holdout, only those whose number is even
+    orders = [
+        Event(
+            id=f"order-{u}",
+            source="segment",
+            kind="track",
+            name="Order Completed",
+            time_ms=3 * day,
+            received_ms=3 * day,
+            user_id=u,
+            data={"properties": {"revenue": 10}},
+        )
+        for u in users
+        if groups[u] == "treatment" or int(u[-3:]) % 2 == 0
+    ]
+    store.append_sync(seen + orders, [[]] * (len(seen) + len(orders)))
+    from loopwire.store import experiments as queries
+
+    queries.record(store, "audiences", 0, [("cart", u, g, day) for u, g in groups.items()])
+    store.close()
+    html = tmp_path / "lift.html"
+    result = runner.invoke(
+        app, ["lift", "--experiment", "cart", "--config", str(path), "--json", "--html", str(html)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    by_group = {"treatment": report["treatment"], "holdout": report["holdout"]}
+    treated = sum(1 for g in groups.values() if g == "treatment")
+    held = len(users) - treated
+    held_converted = sum(1 for u, g in groups.items() if g == "holdout" and int(u[-3:]) % 2 == 0)
+    assert (by_group["treatment"]["n"], by_group["treatment"]["conversions"]) == (treated, treated)
+    assert (by_group["holdout"]["n"], by_group["holdout"]["conversions"]) == (held, held_converted)
+    assert by_group["treatment"]["revenue"] == 10 * treated
+    assert "<svg" in html.read_text()
+    table = runner.invoke(app, ["lift", "--experiment", "cart", "--config", str(path)])
+    assert table.exit_code == 0 and "holdout" in table.output.lower()
+    assert runner.invoke(app, ["lift", "--experiment", "nope", "--config", str(path)]).exit_code == 2

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from loopwire.audiences.engine import Engine
 from loopwire.config import Config
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
@@ -44,6 +45,7 @@ class Runtime:
             for name, options in config.destinations.items()
         }
         self.couriers: dict[str, Courier] = {}
+        self.engine: Engine | None = None
         self.ingest = Ingest(
             self.store,
             {name: dest.accepts for name, dest in self.destinations.items()},
@@ -57,12 +59,17 @@ class Runtime:
             courier.wake()
 
     async def start(self) -> None:
+        if self.config.experiments:
+            self.engine = Engine(self.store, self.config.experiments, self.ingest, clock=self.clock)
+            self.engine.start()
         for name, dest in self.destinations.items():
             courier = Courier(dest, self.store, self.metrics, clock=self.clock)
             self.couriers[name] = courier
             courier.start()
 
     async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
         for courier in self.couriers.values():
             await courier.stop()
         for dest in self.destinations.values():

@@ -14,6 +14,9 @@ from typing import Any
 import msgspec
 import yaml
 
+from loopwire.audiences.definitions import AudienceDefinition
+from loopwire.audiences.holdouts import Experiment
+from loopwire.audiences.library import resolve_audiences
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.destinations.segment.options import SegmentOptions
@@ -63,6 +66,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     sources: SourcesConfig = SourcesConfig()
     destinations: dict[str, DestinationOptions] = {}
+    audiences: dict[str, AudienceDefinition] = {}  # resolved: library references expanded
+    experiments: dict[str, Experiment] = {}  # holdout experiments by id (see docs/lift.md)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -145,13 +150,32 @@ def parse_config(text: str, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(
             "must be a mapping of name → settings", key="destinations", line=lines.get("destinations")
         )
+    audiences = raw.pop("audiences", None) or {}
+    if not isinstance(audiences, dict):
+        raise ConfigError(
+            "must be a mapping of name → definition", key="audiences", line=lines.get("audiences")
+        )
     config = _convert(raw, Config, "", lines)
+    # One by one, like destinations, so an error names the audience; then library references are
+    # expanded and the set checked (member_of / exclude targets, priority ties, cycles).
+    given = {
+        str(name): _convert(body, AudienceDefinition, f"audiences.{name}", lines)
+        for name, body in audiences.items()
+    }
+    resolved = resolve_audiences(given, line_for=lambda key: _line_for(key, lines))
     # Converted one by one so an error can name the destination (msgspec elides dict keys).
     typed = {
         str(name): _convert(body, DestinationOptions, f"destinations.{name}", lines)
         for name, body in destinations.items()
     }
-    result: Config = msgspec.structs.replace(config, destinations=typed)
+    for key, experiment in config.experiments.items():
+        if experiment.audience is not None and experiment.audience not in resolved:
+            raise ConfigError(
+                f"audience {experiment.audience!r} is not defined under `audiences:`",
+                key=f"experiments.{key}.audience",
+                line=_line_for(f"experiments.{key}.audience", lines),
+            )
+    result: Config = msgspec.structs.replace(config, destinations=typed, audiences=resolved)
     return result
 
 

@@ -45,6 +45,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (dest, key)
     ) WITHOUT ROWID;
     """,
+    # 3: holdout assignments, and how far each log reader (the audience engine) has read
+    """
+    CREATE TABLE assignments (
+        experiment  TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        grp         TEXT NOT NULL CHECK (grp IN ('holdout', 'treatment')),
+        assigned_ms INTEGER NOT NULL,
+        PRIMARY KEY (experiment, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE cursors (
+        name TEXT PRIMARY KEY,
+        seq  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX events_user ON events (user_id, time_ms);
+    CREATE INDEX events_name ON events (name, time_ms);
+    """,
 )
 
 
