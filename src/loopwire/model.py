@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -41,6 +43,13 @@ def event_key(event: Event) -> str:
     if event.source == "customerio" and event.channel is not None:
         return f"{event.channel}.{event.metric}"
     return event.name or event.kind
+
+
+@lru_cache(maxsize=1024)
+def event_pattern(pattern: str) -> re.Pattern[str]:
+    """A pattern on `event_key`: `*` is any run of characters, `?` one character, and everything
+    else literal — brackets too, so "[Amplitude] Page Viewed" matches that name."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
 
 
 _encoder = msgspec.json.Encoder()

@@ -15,7 +15,6 @@ end is inclusive, the old end exclusive, and events after T (clock skew, replays
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from bisect import bisect_left, bisect_right
@@ -38,13 +37,13 @@ from loopwire.audiences.definitions import (
     validate_audiences,
     window_ms,
 )
-from loopwire.model import Event, event_key
+from loopwire.model import Event, event_key, event_pattern
 
 Outcome = tuple[bool, int | None]  # (value now, earliest moment it could change)
 Memberships = Mapping[str, Outcome]
 
 _MISSING: Any = object()
-_MAGIC = re.compile(r"[*?\[]")
+_MAGIC = re.compile(r"[*?]")  # wildcards of `model.event_pattern`; brackets are literal
 _KEY_CACHE_LIMIT = 10_000
 _BY_TIME = attrgetter("time_ms")
 
@@ -213,15 +212,15 @@ class EventMatcher:
     def __init__(self, event: str | list[str], where: Mapping[str, Test]) -> None:
         names = patterns(event)
         self._exact = frozenset(n for n in names if not _MAGIC.search(n))
-        globs = [fnmatch.translate(n) for n in names if _MAGIC.search(n)]
-        self._regex = re.compile("|".join(globs)) if globs else None
+        globs = [event_pattern(n).pattern for n in names if _MAGIC.search(n)]
+        self._regex = re.compile("|".join(f"(?:{g})" for g in globs), re.S) if globs else None
         self._tests = _compile_where(where)
         self._keys: dict[str, bool] = {}
 
     def key_matches(self, key: str) -> bool:
         known = self._keys.get(key)
         if known is None:
-            known = key in self._exact or (self._regex is not None and self._regex.match(key) is not None)
+            known = key in self._exact or (self._regex is not None and self._regex.fullmatch(key) is not None)
             if len(self._keys) < _KEY_CACHE_LIMIT:
                 self._keys[key] = known
         return known

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
 from typing import Any
 
 import msgspec
 
-from loopwire.model import Event, event_key
+from loopwire.model import Event, event_key, event_pattern
 
 
 class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -40,16 +39,10 @@ def accepts(route: Route, default_sources: frozenset[str], event: Event) -> bool
     return route.events is None or matches_events(route.events, event)
 
 
-@lru_cache(maxsize=1024)
-def _glob(pattern: str) -> re.Pattern[str]:
-    # Only `*` and `?` are wildcards: brackets are literal, so "[Amplitude] Page Viewed" is a name.
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
-
-
 def matches_events(patterns: list[str], event: Event) -> bool:
     """Does the event's key match any of the patterns (`*` any run of characters, `?` one)?"""
     key = event_key(event)
-    return any(_glob(pattern).fullmatch(key) is not None for pattern in patterns)
+    return any(event_pattern(pattern).fullmatch(key) is not None for pattern in patterns)
 
 
 def allowed_properties(properties: dict[str, Any], allow: list[str] | None) -> dict[str, Any]:
