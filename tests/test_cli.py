@@ -393,3 +393,41 @@ def test_lift_reads_the_store_and_renders_table_json_and_html(tmp_path: Path, mo
     table = runner.invoke(app, ["lift", "--experiment", "cart", "--config", str(path)])
     assert table.exit_code == 0 and "holdout" in table.output.lower()
     assert runner.invoke(app, ["lift", "--experiment", "nope", "--config", str(path)]).exit_code == 2
+
+
+def test_audience_versions_are_enforced_and_kept_in_a_changelog(tmp_path: Path) -> None:
+    import pytest
+
+    from loopwire.app import create_app
+    from loopwire.config import load_config
+    from loopwire.errors import ConfigError
+
+    path = tmp_path / "loopwire.yaml"
+
+    def write(version: int, within: str) -> None:
+        rule = {"count": {"event": "*.clicked", "within": within}}
+        audiences = {"clickers": {"version": version, "description": "clicked lately", "rule": rule}}
+        path.write_text(yaml.safe_dump({"store": {"path": str(tmp_path / "x.db")}, "audiences": audiences}))
+
+    def start() -> None:
+        app_ = create_app(load_config(path))
+        app_.state.runtime.store.close()
+        for memory in app_.state.runtime.memories.values():
+            memory.close()
+
+    write(1, "7d")
+    start()
+    write(1, "14d")  # changed, same version
+    with pytest.raises(ConfigError) as error:
+        start()
+    assert error.value.key == "audiences.clickers.version"
+    served = runner.invoke(app, ["serve", "--config", str(path)])
+    assert served.exit_code == 2 and "audiences.clickers.version" in served.output
+    write(2, "14d")
+    start()
+    history = runner.invoke(app, ["audiences", "history", "clickers", "--config", str(path)])
+    assert history.exit_code == 0, history.output
+    assert "14d" in history.output or "1209600" in history.output
+    listed = json.loads(runner.invoke(app, ["audiences", "list", "--config", str(path), "--json"]).stdout)
+    assert listed == [{"audience": "clickers", "version": 2, "members": 0, "description": "clicked lately"}]
+    assert runner.invoke(app, ["audiences", "history", "nope", "--config", str(path)]).exit_code == 1

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from loopwire.audiences.engine import Engine
+from loopwire.audiences.engine import Engine, check_and_record_versions
 from loopwire.config import Config
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
@@ -38,6 +38,12 @@ class Runtime:
         self.clock = clock
         self.metrics = Metrics()
         self.store = Store(config.store.path, config.store.group_commit_max)
+        if config.audiences:
+            try:
+                check_and_record_versions(self.store, config.audiences, int(clock() * 1000))
+            except Exception:
+                self.store.close()
+                raise
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.memories = {name: SentMemory(self.store, name) for name in config.destinations}
         self.destinations: dict[str, Destination] = {
@@ -59,8 +65,10 @@ class Runtime:
             courier.wake()
 
     async def start(self) -> None:
-        if self.config.experiments:
-            self.engine = Engine(self.store, self.config.experiments, self.ingest, clock=self.clock)
+        if self.config.experiments or self.config.audiences:
+            self.engine = Engine(
+                self.store, self.config.experiments, self.ingest, self.config.audiences, clock=self.clock
+            )
             self.engine.start()
         for name, dest in self.destinations.items():
             courier = Courier(dest, self.store, self.metrics, clock=self.clock)

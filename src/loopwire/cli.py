@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+audiences_app = typer.Typer(
+    help="Audience sizes and the changelog of their definitions.", no_args_is_help=True
+)
+app.add_typer(audiences_app, name="audiences")
 
 out = Console()
 err = Console(stderr=True)
@@ -81,7 +85,11 @@ def serve(
     from loopwire.app import create_app
 
     cfg = _load(config)
-    application = create_app(cfg)
+    try:
+        application = create_app(cfg)
+    except ConfigError as exc:
+        err.print(f"[red]config error[/red] in {config}: {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
     uvicorn.run(
         application,
         host=host or cfg.server.host,
@@ -441,6 +449,66 @@ def backfill(
     finally:
         store.close()
     out.print(f"{scanned} events since {since} scanned; {queued} queued for {name}.")
+
+
+@audiences_app.command("list")
+def audiences_list(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = False) -> None:
+    """Each configured audience: its version, its members now, and how it is defined.
+
+    Example: `loopwire audiences list --config loopwire.yaml`
+    """
+    from loopwire.store import Store
+    from loopwire.store.audiences import Reader
+
+    cfg = _load(config)
+    store = Store(cfg.store.path, recover=False)
+    reader = Reader(store)
+    try:
+        sizes = reader.sizes()
+    finally:
+        reader.close()
+        store.close()
+    rows: list[dict[str, Any]] = [
+        {
+            "audience": name,
+            "version": d.version,
+            "members": sizes.get(name, 0),
+            "description": d.description or "",
+        }
+        for name, d in cfg.audiences.items()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="audiences")
+    for column in ("audience", "version", "members", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["audience"], str(row["version"]), str(row["members"]), row["description"])
+    out.print(table)
+
+
+@audiences_app.command("history")
+def audiences_history(name: str, config: ConfigOption = Path("loopwire.yaml")) -> None:
+    """Every recorded version of an audience's definition, with what changed (seed 000: version your
+    segment logic). Versions are recorded when `loopwire serve` starts with a new definition.
+
+    Example: `loopwire audiences history cart_abandoners`
+    """
+    from loopwire.audiences.engine import history_of
+    from loopwire.audiences.versions import render_history
+    from loopwire.store import Store
+
+    cfg = _load(config)
+    store = Store(cfg.store.path, recover=False)
+    try:
+        records = history_of(store, name)
+    finally:
+        store.close()
+    if not records:
+        err.print(f"no recorded versions of {name!r} (they are recorded when `loopwire serve` starts)")
+        raise typer.Exit(1)
+    out.print(render_history(records))
 
 
 @app.command()

@@ -61,6 +61,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_user ON events (user_id, time_ms);
     CREATE INDEX events_name ON events (name, time_ms);
     """,
+    # 4: audience membership, the re-evaluation timers (time-based exits) and the version changelog
+    """
+    CREATE TABLE members (
+        audience    TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        member      INTEGER NOT NULL,
+        version     INTEGER NOT NULL,
+        state       TEXT,
+        changes     INTEGER NOT NULL,
+        since_ms    INTEGER NOT NULL,
+        PRIMARY KEY (audience, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE timers (
+        user_id TEXT PRIMARY KEY,
+        due_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX timers_due ON timers (due_ms);
+    CREATE TABLE audience_versions (
+        name        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        definition  TEXT NOT NULL,
+        recorded_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, version, fingerprint)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
