@@ -81,6 +81,8 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     text = EXAMPLE.read_text()
     # "  # key: value" and "  #   - item" lines are examples; prose comments start at column 0
     uncommented = re.sub(r"(?m)^(  +)# ( *)([\w-]+:|- )", r"\1\2\3", text)
+    uncommented = re.sub(r"(?m)^# (audiences|experiments):", r"\1:", uncommented)
+    uncommented = re.sub(r"(?m)^#   ", "  ", uncommented)
     env = {
         **ENV,
         "STOREFRONT_WRITE_KEY": "w",
@@ -91,3 +93,5 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     config = parse_config(uncommented, env=env)
     assert set(config.destinations) >= {"amplitude", "segment", "customerio"}
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
+    assert set(config.audiences) == {"cart_abandoners", "recent_purchasers", "high_intent", "clickers"}
+    assert config.experiments["cart_journey"].audience == "cart_abandoners"
