@@ -1,4 +1,5 @@
-"""`loopwire demo` end to end: real servers on loopback, real signed requests, a report that adds up."""
+"""`loopwire demo` end to end: real servers on loopback, the official Segment and Amplitude libraries,
+signed webhooks, three sandboxes, and a report that adds up in every direction."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from loopwire.config import load_config
+from loopwire.demo import wiring
 from loopwire.demo.runner import run_demo
 from loopwire.demo.scenario import build_scenario
 
@@ -23,35 +25,82 @@ def test_demo_report_adds_up(tmp_path: Path) -> None:
     console = Console(file=output, width=100, force_terminal=False)
     report = run_demo(people=40, seed=3, keep=tmp_path, progress=True, console=console)
 
-    assert report["ok"], report["checks"]
-    amp, hooks, sandbox = report["amplitude"], report["webhooks"], report["sandbox"]
-    events = report["log"]["events"]
-    assert amp["delivered"] + amp["skipped"] + amp["dead"] == amp["routed"] == events
-    assert amp["pending"] == amp["in_flight"] == 0
-    assert hooks["accepted"] + hooks["duplicates"] == hooks["sent"]
-    assert hooks["accepted"] == events == report["scenario"]["events"]
-    assert hooks["duplicates"] > 0 and hooks["refused"] == 0
-    assert sandbox["events"] == amp["delivered"] == sum(sandbox["by_event_type"].values())
-    # the arranged faults: one 503 (retried), one 400 naming one event (dead-lettered, rest resent)
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v}
+    scenario = build_scenario(40, 3, start=0)  # ids, holdout and shop behaviour depend on the seed only
+    expected = scenario.expected
+    inputs, dests = report["inputs"], report["destinations"]
+    amp, cio, seg = dests["amplitude"], dests["customerio"], dests["segment"]
+
+    # IN: every input answered, each event logged once, redeliveries and resends deduplicated
+    hooks, shop, app = inputs["customerio_webhooks"], inputs["segment_api"], inputs["amplitude_api"]
+    assert hooks["accepted"] + hooks["duplicates"] == hooks["sent"] == expected.webhooks
+    assert shop["accepted"] + shop["duplicates"] == shop["sent"] == expected.store_calls
+    assert app["accepted"] + app["duplicates"] == app["sent"] == expected.app_calls
+    assert min(hooks["duplicates"], shop["duplicates"], app["duplicates"]) > 0
+    assert hooks["refused"] == shop["refused"] == app["refused"] == shop["failed"] == app["failed"] == 0
+    log = report["log"]
+    assert (
+        log["events"]
+        == sum(log["by_source"].values())
+        == hooks["accepted"] + shop["accepted"] + app["accepted"]
+    )
+
+    # OUT: every routed row settled, and each sandbox holds what was delivered, once
+    for dest in dests.values():
+        assert dest["delivered"] + dest["skipped"] + dest["dead"] == dest["routed"]
+        assert dest["pending"] == dest["in_flight"] == 0
+    assert amp["routed"] == expected.events + expected.app_events
+    assert amp["sandbox"]["events"] == amp["delivered"] == sum(amp["sandbox"]["by_event_type"].values())
+    assert amp["sandbox"]["from_the_app_unchanged"] == amp["sandbox"]["from_the_app"] > 0
+    assert seg["routed"] == seg["delivered"] == seg["sandbox"]["messages"] == expected.events
+    assert "Email Link Clicked" in seg["sandbox"]["by_event"]
+    assert cio["sandbox"]["events"] == sum(cio["sandbox"]["events_by_name"].values())
+    assert set(cio["sandbox"]["events_by_name"]) <= set(wiring.CIO_EVENTS)
+    ops = cio["sandbox"]["operations_by_action"]
+    assert ops["event"] == cio["sandbox"]["events"] and cio["delivered"] == ops["event"] + ops["identify"]
+    assert cio["skipped"] == sum(r["count"] for r in cio["skip_reasons"]) > 0
+
+    # the arranged faults: Amplitude 503 (retried) and 400 naming one event (dead-lettered, rest
+    # resent); Customer.io 503 and Segment 429 (retried, nothing lost)
     assert amp["requests_by_status"]["503"] == 1 and amp["requests_by_status"]["400"] == 1
     assert amp["dead"] == 1 and amp["retried"] > 0
     assert "time" in amp["dead_reasons"][0]["reason"]
     assert amp["dead_letters"][0]["response"].startswith("400 ")
-    assert amp["skipped"] == sum(r["count"] for r in amp["skip_reasons"])
     assert all("no id" in r["reason"] for r in amp["skip_reasons"])
-    # the holdout: as many as the scenario says, and nothing of theirs reached Amplitude
-    scenario = build_scenario(40, 3, start=0)  # holdout depends on ids, which depend on the seed only
-    assert report["holdout"]["people"] == sum(p.holdout for p in scenario.people) > 0
-    assert report["holdout"]["webhooks"] == report["holdout"]["events_in_sandbox"] == 0
-    assert report["examples"] and all("insert_id" in e and "_endpoint" not in e for e in report["examples"])
+    assert cio["requests_by_status"]["503"] == 1 and cio["retried"] > 0 and cio["dead"] == 0
+    assert seg["requests_by_status"]["429"] == 1 and seg["retried"] > 0 and seg["dead"] == 0
+
+    # the holdout: as many as the scenario says; no message anywhere, but their shopping flowed
+    holdout = report["holdout"]
+    assert holdout["people"] == sum(p.holdout for p in scenario.people) > 0
+    assert holdout["webhooks"] == holdout["engagement_in_amplitude"] == holdout["engagement_in_segment"] == 0
+    assert holdout["checkouts_in_customerio"] == sum(
+        p.holdout and p.kind == "customer" for p in scenario.people
+    )
+
+    # one example per flow, as the receiver holds it (no sandbox bookkeeping)
+    examples = report["examples"]
+    assert len(examples) == 5 and not any(k.startswith("_") for e in examples.values() for k in e)
+    assert examples["storefront (Segment library) → Customer.io"]["name"] == "Order Completed"
+    assert examples["app (Amplitude SDK) → Customer.io"]["action"] == "identify"
 
     printed = output.getvalue()
-    assert "all checks passed" in printed and "Holdout" in printed and "dead-lettered" in printed
-    # the servers are stopped and the kept folder holds a config that loads with demo.env
+    for text in (
+        "all checks passed",
+        "IN: what came into loopwire",
+        "OUT: what loopwire delivered",
+        "Holdout",
+    ):
+        assert text in printed
+    assert printed.count("Arranged on purpose") == 3
+    # the servers and the SDK clients are stopped; the kept folder holds a config that loads with demo.env
     assert not [t for t in threading.enumerate() if t.name.startswith("demo-")]
     env = dict(line.split("=", 1) for line in (tmp_path / "demo.env").read_text().splitlines())
-    assert load_config(tmp_path / "demo.yaml", env=env).store.path == str(tmp_path / "demo.db")
-    assert env["LOOPWIRE_DEMO_SIGNING_KEY"] not in (tmp_path / "demo.yaml").read_text()
+    config = load_config(tmp_path / "demo.yaml", env=env)
+    assert config.store.path == str(tmp_path / "demo.db")
+    assert set(config.destinations) == set(wiring.DESTINATIONS)
+    text = (tmp_path / "demo.yaml").read_text()
+    assert not any(secret in text for secret in env.values())
 
 
 def test_cli_demo_json() -> None:
@@ -69,5 +118,6 @@ def test_cli_demo_json() -> None:
     report = msgspec.json.decode(done.stdout)
     assert report["ok"], report["checks"]
     assert report["scenario"]["people"] == 30
-    amp = report["amplitude"]
-    assert amp["delivered"] + amp["skipped"] + amp["dead"] == report["log"]["events"]
+    assert set(report["inputs"]) == {"customerio_webhooks", "segment_api", "amplitude_api"}
+    for dest in report["destinations"].values():
+        assert dest["delivered"] + dest["skipped"] + dest["dead"] == dest["routed"]

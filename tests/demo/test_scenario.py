@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+from unittest.mock import ANY
 
 import msgspec
 import pytest
+from amplitude import BaseEvent, EventOptions, Identify, IdentifyEvent
+from segment.analytics.client import Client as SegmentClient
 from ulid import ULID
 
+from loopwire.config import load_config
+from loopwire.contracts.amplitude import DEFAULT_MIN_ID_LENGTH
+from loopwire.contracts.amplitude import check_events as check_amplitude_events
+from loopwire.contracts.segment import check_message as check_segment_message
+from loopwire.demo import scenario as scenario_module
+from loopwire.demo import wiring
+from loopwire.demo.report import CioExpected
 from loopwire.demo.scenario import DURATION, HOLDOUT_SHARE, Scenario, build_scenario, in_holdout
+from loopwire.demo.senders import amplitude_options, segment_call
 from loopwire.destinations.amplitude.mapping import map_event
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Skip
+from loopwire.destinations.customerio.mapping import Known, wants
+from loopwire.destinations.customerio.mapping import map_event as map_customerio
+from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.settings import Secret
+from loopwire.sources.amplitude_api import to_event as amplitude_event
 from loopwire.sources.customerio_parse import parse_webhook
+from loopwire.sources.segment_api import to_event as segment_event
 
 START = 1_735_000_000
 
@@ -53,6 +70,14 @@ def test_holdout_is_about_ten_percent_and_follows_the_id() -> None:
     people = build_scenario(2_000, seed=1, start=START).people
     assert 0.08 < sum(p.holdout for p in people) / len(people) < 0.12
     assert all(p.holdout == in_holdout(p.key) for p in people)
+
+
+def test_every_person_has_their_own_email_and_ids() -> None:
+    """Customer.io and Segment tell people apart by email too: two people sharing one would merge."""
+    for seed in range(40):
+        people = build_scenario(200, seed=seed, start=START).people
+        for field in ("email", "cio_id", "key"):
+            assert len({getattr(p, field) for p in people}) == len(people), (seed, field)
 
 
 def test_the_holdout_gets_no_webhook(scenario: Scenario) -> None:
@@ -147,3 +172,189 @@ def test_expected_skips_are_exactly_what_the_amplitude_mapping_skips(scenario: S
 def test_people_must_be_positive() -> None:
     with pytest.raises(ValueError):
         build_scenario(0, seed=1, start=START)
+
+
+# --- the storefront (Segment library) and the app (Amplitude SDK) ----------------------------------
+
+
+def test_storefront_and_app_never_change_a_seeds_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They draw from a stream of their own: with them switched off, the webhooks are the same."""
+    with_shop = build_scenario(80, seed=4, start=START)
+    monkeypatch.setattr(scenario_module, "shop_activity", lambda *args: ([], []))
+    without = build_scenario(80, seed=4, start=START)
+    assert msgspec.json.encode(with_shop.webhooks) == msgspec.json.encode(without.webhooks)
+    assert with_shop.storefront and with_shop.app and not without.storefront
+
+
+def test_storefront_calls_are_what_the_segment_library_sends_and_segment_takes(scenario: Scenario) -> None:
+    client = SegmentClient("write-key", send=False)  # builds each message as the library does, sends none
+    for call in scenario.storefront:
+        method, arguments = segment_call(call)
+        ok, message = getattr(client, method)(**arguments)
+        assert ok
+        assert check_segment_message(message) is None, message
+        assert message["messageId"] == call.message_id
+        # browsing starts up to 3 h before the cart is abandoned, the first cart at START
+        assert (START - 3 * 3600) * 1000 <= call.timestamp_ms < (START + DURATION) * 1000
+
+
+def test_app_events_are_what_the_amplitude_sdk_sends_and_amplitude_takes(scenario: Scenario) -> None:
+    bodies = []
+    for item in scenario.app:
+        if item.event_type == "$identify":
+            identify = Identify()
+            for name, value in item.user_properties.items():
+                identify.set(name, value)
+            event = IdentifyEvent(user_properties=identify.user_properties)  # as Amplitude.identify builds it
+            event.load_event_options(EventOptions(**amplitude_options(item)))
+        else:
+            event = BaseEvent(
+                item.event_type, event_properties=item.event_properties, **amplitude_options(item)
+            )
+        bodies.append(event.get_event_body())
+    assert not check_amplitude_events(bodies, DEFAULT_MIN_ID_LENGTH)
+    assert {b["event_type"] for b in bodies} == {"$identify", "App Opened"}
+    assert all(
+        b["user_properties"] == {"$set": {"email": ANY, "plan": ANY}}
+        for b in bodies
+        if "user_properties" in b
+    )
+
+
+def test_signed_in_customers_identify_browse_and_check_out_guests_stay_anonymous(scenario: Scenario) -> None:
+    calls = [c for c in scenario.storefront if not c.resend]
+    for person in scenario.people:
+        mine = [c for c in calls if c.person == person.key]
+        names = Counter(c.event or c.call for c in mine)
+        assert names["Checkout Started"] == 1 and names["Product Viewed"] >= 1
+        checkout = next(c for c in mine if c.event == "Checkout Started")
+        assert set(checkout.properties) >= {"cart_id", "cart_url", "value", "currency", "items", "products"}
+        assert checkout.properties["value"] > 0 and checkout.properties["items"] >= 1
+        assert all(c.timestamp_ms <= checkout.timestamp_ms for c in mine if c.round == 1)
+        if person.kind == "customer":
+            assert names["identify"] == 1 and all(c.user_id == person.id for c in mine)
+            identify = next(c for c in mine if c.call == "identify")
+            assert identify.traits["email"] == person.email
+        else:  # a guest: an anonymousId and the email typed at checkout
+            assert names["identify"] == 0 and all(c.user_id is None for c in mine)
+            assert all(c.context["traits"] == {"email": person.email} for c in mine)
+    assert any(p.kind != "customer" for p in scenario.people)
+
+
+def test_orders_follow_a_converted_journey_after_its_click_or_come_on_their_own_in_the_holdout(
+    scenario: Scenario,
+) -> None:
+    orders = {c.person: c for c in scenario.storefront if c.event == "Order Completed" and not c.resend}
+    converted = {w.person: w.body for w in scenario.webhooks if w.body["metric"] == "converted"}
+    held = {p.key for p in scenario.people if p.holdout}
+    assert set(converted) <= set(orders)
+    for person, order in orders.items():
+        assert order.round == 3
+        checkout = next(
+            c for c in scenario.storefront if c.person == person and c.event == "Checkout Started"
+        )
+        assert order.properties["cart_id"] == checkout.properties["cart_id"]
+        assert order.properties["revenue"] == checkout.properties["value"]
+        if person in converted:
+            body = converted[person]
+            click = next(
+                w.body
+                for w in scenario.webhooks
+                if w.body["metric"] == "clicked"
+                and w.body["data"]["delivery_id"] == body["data"]["delivery_id"]
+            )
+            assert click["timestamp"] * 1000 < order.timestamp_ms <= body["timestamp"] * 1000
+            assert order.context["campaign"]["source"] == "customerio"
+            assert order.context["campaign"]["medium"] == body["object_type"]
+        else:  # bought without any message
+            assert person in held and "campaign" not in order.context
+    assert converted and any(p in held for p in orders)
+
+
+def test_app_users_identify_in_their_first_session_and_at_most_once_later(scenario: Scenario) -> None:
+    customers = {p.key for p in scenario.people if p.kind == "customer"}
+    events = [e for e in scenario.app if not e.resend]
+    users = {e.person for e in events}
+    assert users and users <= customers
+    for user in users:
+        mine = [e for e in events if e.person == user]
+        identifies = Counter(e.round for e in mine if e.event_type == "$identify")
+        assert identifies[2] == 1 and identifies[3] <= 1
+        assert {e.round for e in mine} <= {2, 3}
+        assert all(START * 1000 <= e.time_ms < (START + DURATION) * 1000 for e in mine)
+    plans = [e.user_properties["plan"] for e in events if e.event_type == "$identify"]
+    assert set(plans) == {"free", "plus"}
+
+
+def test_one_user_update_per_person_per_round(scenario: Scenario) -> None:
+    """What keeps "identify only when a property changed" deterministic: the runner settles each
+    round, and within a round nobody sends two updates that could race."""
+    updates = Counter(
+        (c.round, c.user_id) for c in scenario.storefront if c.call == "identify" and not c.resend
+    ) + Counter((e.round, e.user_id) for e in scenario.app if e.event_type == "$identify" and not e.resend)
+    assert max(updates.values()) == 1
+
+
+def test_resends_repeat_an_earlier_call_in_the_same_round(scenario: Scenario) -> None:
+    for items, key in ((scenario.storefront, "message_id"), (scenario.app, "insert_id")):
+        seen: dict[str, object] = {}
+        resent = 0
+        for item in items:
+            ident = getattr(item, key)
+            if item.resend:
+                assert seen[ident] == msgspec.structs.replace(item, resend=False)
+                resent += 1
+            else:
+                assert ident not in seen
+                seen[ident] = item
+        assert resent >= 1
+    assert scenario.expected.store_resends >= 1 and scenario.expected.app_resends >= 1
+    rounds = [c.round for c in scenario.storefront]
+    assert rounds == sorted(rounds)
+
+
+def test_the_reports_customerio_expectations_are_what_the_customerio_mapping_does(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """`report.CioExpected` is worked out from the demo's settings alone; the real mapping, fed the
+    same calls as loopwire's inputs would log them, must come to the same numbers."""
+    keys = wiring.make_keys()
+    urls = dict.fromkeys(wiring.DESTINATIONS, "http://127.0.0.1:9")
+    config = load_config(wiring.write_config(tmp_path, urls, keys, kept=False), env=keys)
+    options = config.destinations[wiring.CUSTOMERIO]
+    assert isinstance(options, CustomerioOptions)
+    client = SegmentClient("write-key", send=False)
+    events = []
+    for round_ in (1, 2, 3):  # the runner's order
+        for call in scenario.storefront:
+            if call.round == round_ and not call.resend:
+                method, arguments = segment_call(call)
+                _, message = getattr(client, method)(**arguments)
+                events.append(segment_event({**message, "type": method}, 0))
+        for item in scenario.app:
+            if item.round == round_ and not item.resend:
+                body = {"event_type": item.event_type, **amplitude_options(item)}
+                if item.user_properties:
+                    body["user_properties"] = {"$set": item.user_properties}
+                events.append(amplitude_event(body, 0))
+    sent: dict[str, dict[str, str]] = {}
+    routed, skips, actions = 0, Counter[str](), Counter[str]()
+    for event in events:
+        if wants(event, options) is not None:
+            continue
+        routed += 1
+        result = map_customerio(event, options, 0, Known(sent=sent.get(f"person:id:{event.user_id}")))
+        if isinstance(result, Skip):
+            skips[result.reason] += 1
+            continue
+        assert isinstance(result, dict)
+        actions.update(op["action"] for op in result["ops"])
+        for key, value in result.get("remember", {}).items():
+            sent[key] = {**sent.get(key, {}), **value["sent"]}
+    want = CioExpected(scenario)
+    assert routed == want.routed
+    assert actions["event"] == len(want.events) and actions["identify"] == want.identifies
+    assert sum(n for reason, n in skips.items() if "without a user" in reason) == want.anonymous > 0
+    assert (
+        sum(n for reason, n in skips.items() if "no selected user property" in reason) == want.unchanged > 0
+    )

@@ -1,5 +1,9 @@
-"""`loopwire demo`: a synthetic D2C cart-abandonment journey played as signed Customer.io webhooks.
+"""`loopwire demo`: a synthetic D2C cart-abandonment story, played through a real loopwire in every
+direction it carries data.
 
-`scenario` builds the webhook bodies (pure, seeded); `runner` plays them through a real loopwire
-server into the local Amplitude sandbox and reports what happened.
+`scenario` and `shop` build what the shoppers, the storefront, the app and Customer.io send (pure,
+seeded); `senders` sends it the way each really would (signed webhooks, the official Segment and
+Amplitude libraries); `wiring` writes the config and arranges the sandboxes' faults; `runner` plays
+it all into the Amplitude, Customer.io and Segment sandboxes; `report` checks what happened and
+`render` prints it.
 """

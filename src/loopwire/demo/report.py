@@ -1,95 +1,262 @@
-"""The demo's report: what was sent, stored, delivered, skipped and dead-lettered, checked against
-the scenario. `build_report` is pure (dicts in, dict out); `print_report` renders it with Rich."""
+"""The demo's report, direction by direction, checked against the scenario. `build_report` is pure:
+the scenario and what the run observed (dicts) in, one dict out; `render` prints it.
+
+The expectations are worked out from the scenario and the demo's settings, independently of
+loopwire's code, so a check fails when loopwire does something other than what its docs promise.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
-import msgspec
-from rich.console import Console
-from rich.table import Table
-
+from loopwire.demo import wiring
 from loopwire.demo.scenario import Scenario
 
-DESTINATION = "amplitude"
-SKIP_NOTE = (
-    "These are the email-only people (identifiers.id is null, no device): like Customer.io's native "
-    "integration, loopwire sends Amplitude nothing for a person with neither an id nor a device id."
-)
 STATES = ("delivered", "skipped", "dead", "pending", "in_flight")
+SKIP_NOTES = {
+    wiring.AMPLITUDE: (
+        "These are the email-only people (identifiers.id is null, no device): like Customer.io's "
+        "native integration, loopwire sends Amplitude nothing for a person with neither an id nor a "
+        "device id."
+    ),
+    wiring.CUSTOMERIO: (
+        "Guests (no user id) are skipped as Amplitude's stream skips anonymous events: with "
+        "`identifier: user_id` they have no Customer.io identifier. An update whose selected values "
+        "Customer.io already has is not sent again."
+    ),
+}
+ANONYMOUS = "without a user"  # in the customerio destination's skip reason
+UNCHANGED = "no selected user property changed"
 
 
-def _strip(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if not k.startswith("_")}  # the sandbox's own bookkeeping
+def _strip(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_")}  # the sandboxes' own bookkeeping
 
 
-def _examples(events: list[dict[str, Any]], zero_id_emails: set[str]) -> list[dict[str, Any]]:
-    """A human click, an Apple MPP open, and an event of a customer id "0" sent under their email."""
-    picks: tuple[Callable[[dict[str, Any]], bool], ...] = (
-        lambda e: e.get("event_type") == "Email Clicked",
-        lambda e: (
-            e.get("event_type") == "Email Opened" and e.get("event_properties", {}).get("prefetched") is True
-        ),
-        lambda e: e.get("user_id") in zero_id_emails,
-    )
-    found: list[dict[str, Any]] = []
-    for pick in picks:
-        event = next((e for e in events if pick(e) and e not in found), None)
-        if event is not None:
-            found.append(event)
-    return [_strip(e) for e in found]
+def _scalars(properties: dict[str, Any]) -> dict[str, Any]:
+    """The selected event properties Customer.io gets: JSON scalars only (arrays/objects are not sent)."""
+    return {
+        k: v
+        for k in wiring.CIO_EVENT_PROPERTIES
+        if (v := properties.get(k)) is not None and type(v) in (str, int, float, bool)
+    }
+
+
+def _key(name: str, data: dict[str, Any]) -> str:
+    return str(data.get("order_id") if name == "Order Completed" else data.get("cart_id"))
+
+
+class CioExpected:
+    """What the customerio destination should do with the scenario, worked out from its settings."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        selected = set(wiring.CIO_USER_PROPERTIES)
+        calls = [c for c in scenario.storefront if not c.resend]
+        app = [e for e in scenario.app if not e.resend]
+        self.events: dict[tuple[str, str, str], dict[str, Any]] = {}  # (user id, name, cart/order id)
+        self.anonymous = 0  # routed storefront calls of guests: skipped
+        self.routed = 0
+        for call in calls:
+            touches = bool(
+                selected & set(call.traits if call.call == "identify" else call.context.get("traits", {}))
+            )
+            wanted = call.call == "track" and call.event in wiring.CIO_EVENTS
+            if not (wanted or touches):
+                continue
+            self.routed += 1
+            if call.user_id is None:
+                self.anonymous += 1
+            elif wanted:
+                data = _scalars(call.properties)
+                self.events[(call.user_id, str(call.event), _key(str(call.event), data))] = data
+        # User-property updates in sending order (round, then time), each compared with what was
+        # last sent to the person: the rounds are settled, so "last sent" is unambiguous.
+        updates: list[tuple[int, int, str, dict[str, Any]]] = [
+            (c.round, c.timestamp_ms, str(c.user_id), c.traits) for c in calls if c.call == "identify"
+        ]
+        updates += [
+            (e.round, e.time_ms, e.user_id, e.user_properties) for e in app if e.event_type == "$identify"
+        ]
+        self.routed += sum(e.event_type == "$identify" for e in app)
+        self.people: dict[str, dict[str, str]] = {}
+        self.identifies = self.unchanged = 0
+        for _, _, user_id, values in sorted(updates, key=lambda u: (u[0], u[1])):
+            state = self.people.setdefault(user_id, {})
+            changes = {k: str(v) for k, v in values.items() if k in selected and state.get(k) != str(v)}
+            if changes:
+                self.identifies += 1
+                state.update(changes)
+            else:
+                self.unchanged += 1
+
+    @property
+    def delivered(self) -> int:
+        return len(self.events) + self.identifies
+
+    @property
+    def skipped(self) -> int:
+        return self.anonymous + self.unchanged
+
+
+def _destination(name: str, status: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    states = {s: int(status["destinations"].get(name, {}).get(s, 0)) for s in STATES}
+    return {
+        "routed": sum(states.values()),
+        **states,
+        "retried": seen["retried"],
+        "requests_by_status": seen["requests_by_status"],
+        "skip_reasons": [r for r in status["skip_reasons"] if r["destination"] == name],
+        "dead_reasons": [r for r in status["dead_reasons"] if r["destination"] == name],
+        "dead_letters": [
+            {
+                "event_id": d["event_id"],
+                "event": d["name"] or f"{d['channel']} {d['metric']}",
+                "attempts": d["attempts"],
+                "reason": d["reason"],
+                "response": (d["response"] or "")[:300],
+            }
+            for d in seen["dead_letters"]
+        ],
+        "note": wiring.FAULT_NOTES[name],
+    }
+
+
+def _skipped(dest: dict[str, Any], fragment: str) -> int:
+    return sum(r["count"] for r in dest["skip_reasons"] if fragment in r["reason"])
+
+
+def _first(items: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for item in items:
+        if all(item.get(k) == v for k, v in match.items()):
+            return _strip(item)
+    return None
 
 
 def build_report(
-    scenario: Scenario,
-    observed: dict[str, Any],
-    *,
-    seed: int,
-    expected_dead: int,
-    fault_note: str,
-    folder: str | None,
-    seconds: float,
+    scenario: Scenario, observed: dict[str, Any], *, seed: int, folder: str | None, seconds: float
 ) -> dict[str, Any]:
     expected = scenario.expected
-    status = observed["status"]
-    sent = observed["sent"]
-    states = {s: int(status["destinations"].get(DESTINATION, {}).get(s, 0)) for s in STATES}
-    sandbox_events: list[dict[str, Any]] = observed["sandbox_events"]
-    holdout = [p for p in scenario.people if p.holdout]
-    holdout_keys = {p.key for p in holdout}
-    # The user_id each held-out person would have in Amplitude: their id, or their email for id "0".
-    holdout_ids = {p.id for p in holdout if p.kind == "customer"} | {
-        p.email for p in holdout if p.kind == "zero_id"
+    status, ingest = observed["status"], observed["ingest"]
+    hooks, shop, app = observed["webhooks"], observed["storefront"], observed["app"]
+    dests = {name: _destination(name, status, observed["destinations"][name]) for name in wiring.DESTINATIONS}
+    amp, cio, seg = dests[wiring.AMPLITUDE], dests[wiring.CUSTOMERIO], dests[wiring.SEGMENT]
+    amp_events: list[dict[str, Any]] = observed["amplitude_events"]
+    cio_people: list[dict[str, Any]] = observed["customerio_people"]
+    cio_events: list[dict[str, Any]] = observed["customerio_events"]
+    cio_ops: list[dict[str, Any]] = observed["customerio_operations"]
+    seg_messages: list[dict[str, Any]] = observed["segment_messages"]
+    want = CioExpected(scenario)
+
+    # Amplitude: the app's events must arrive exactly as the SDK sent them.
+    app_bodies: dict[str, dict[str, Any]] = observed["app_bodies"]
+    forwarded = [e for e in amp_events if e.get("insert_id") in app_bodies]
+    unchanged = sum(_strip(e) == app_bodies[e["insert_id"]] for e in forwarded)
+    dead_ids = {d["event_id"] for d in amp["dead_letters"]}
+    app_dead = len(dead_ids & set(app_bodies))
+    deliverable = expected.events - expected.skipped + expected.app_events
+    expected_dead = wiring.ARRANGED_DEAD if deliverable > 0 else 0
+
+    # Customer.io: events by (user id, name, cart/order id) with their data; people by id.
+    by_cio_id = {p["cio_id"]: p for p in cio_people}
+    got: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for event in cio_events:
+        person = by_cio_id.get(event["person"]) or {}
+        got[(str(person.get("id")), event["name"], _key(event["name"], event["data"]))] = event["data"]
+    people = {str(p["id"]): p for p in cio_people if p.get("id") is not None}
+
+    def holds(user_id: str, values: dict[str, str]) -> bool:
+        person = people.get(user_id)
+        if person is None:
+            return False
+        have = {**person["attributes"], "email": person["email"]}
+        return all(have.get(k) == v for k, v in values.items())
+
+    operations = Counter(str(op.get("action")) for op in cio_ops)
+
+    # The holdout: no messages, so no engagement anywhere; their shopping still flows.
+    held = [p for p in scenario.people if p.holdout]
+    held_keys = {p.key for p in held}
+    held_ids = {p.id for p in held if p.kind == "customer"} | {p.email for p in held if p.kind == "zero_id"}
+    held_emails = {p.email for p in held}
+    held_webhooks = sum(w.person in held_keys for w in scenario.webhooks)
+    held_amplitude = sum(
+        e.get("user_id") in held_ids for e in amp_events if e.get("insert_id") not in app_bodies
+    )
+    held_segment = sum(
+        ((m.get("context") or {}).get("traits") or {}).get("email") in held_emails for m in seg_messages
+    )
+    held_checkouts = {
+        p.id
+        for p in held
+        if p.kind == "customer" and any(k[0] == p.id and k[1] == "Checkout Started" for k in got)
     }
-    holdout_webhooks = sum(w.person in holdout_keys for w in scenario.webhooks)
-    holdout_in_sandbox = sum(e.get("user_id") in holdout_ids for e in sandbox_events)
-    settled = states["delivered"] + states["skipped"] + states["dead"]
-    routed = settled + states["pending"] + states["in_flight"]
+    held_customers = sum(p.kind == "customer" for p in held)
+    orders = [c for c in scenario.storefront if c.event == "Order Completed" and not c.resend]
+
+    def settled(dest: dict[str, Any]) -> bool:
+        return dest["pending"] + dest["in_flight"] == 0 and observed["settled"] is True
+
     checks = {
-        "every webhook was answered 200": sent["refused"] == 0,
-        "accepted = distinct events in the scenario": sent["accepted"] == expected.events,
-        "duplicates = redeliveries in the scenario": sent["duplicates"] == expected.redeliveries,
-        "the log holds each event once": status["events"] == expected.events,
-        "every logged event was routed to amplitude": routed == status["events"],
-        "delivery settled (nothing pending or in flight)": observed["settled"] and settled == routed,
-        "skipped = the email-only people's events": states["skipped"] == expected.skipped,
-        "dead-lettered = the one event the sandbox refused": states["dead"] == expected_dead,
-        "Amplitude holds each delivered event once": len(sandbox_events) == states["delivered"],
-        "the holdout received nothing": holdout_webhooks == 0 and holdout_in_sandbox == 0,
+        "every webhook was answered 200": hooks["refused"] == 0,
+        "webhooks: accepted = distinct events, duplicates = redeliveries": (
+            hooks["accepted"] == expected.events and hooks["duplicates"] == expected.redeliveries
+        ),
+        "storefront (Segment library): every message taken once, resends deduplicated": (
+            ingest["segment"]["accepted"] == expected.store_messages
+            and ingest["segment"]["duplicates"] == expected.store_resends
+            and ingest["segment"]["refused"] == 0
+            and shop["failed"] == 0
+        ),
+        "app (Amplitude SDK): every event answered 200, taken once, resends deduplicated": (
+            app["answered_200"] == expected.app_calls
+            and ingest["amplitude"]["accepted"] == expected.app_events
+            and ingest["amplitude"]["duplicates"] == expected.app_resends
+        ),
+        "the log holds each event once": (
+            status["events"] == expected.events + expected.store_messages + expected.app_events
+        ),
+        "delivery settled everywhere (nothing pending or in flight)": all(settled(d) for d in dests.values()),
+        "amplitude took every Customer.io and app event: delivered + skipped + dead": (
+            amp["routed"] == expected.events + expected.app_events
+            and amp["delivered"] + amp["skipped"] + amp["dead"] == amp["routed"]
+        ),
+        "amplitude skipped = the email-only people's events": amp["skipped"] == expected.skipped,
+        "amplitude dead-lettered = the one event the sandbox refused": amp["dead"] == expected_dead,
+        "Amplitude holds each delivered event once": len(amp_events) == amp["delivered"],
+        "the app's events reached Amplitude unchanged (all but a dead letter)": (
+            unchanged == len(forwarded) == expected.app_events - app_dead
+        ),
+        "customerio took the selected events and every user update: delivered + skipped": (
+            cio["routed"] == want.routed
+            and cio["delivered"] == want.delivered
+            and cio["skipped"] == want.skipped
+            and cio["dead"] == 0
+        ),
+        "every Checkout Started and Order Completed of a signed-in shopper reached Customer.io, "
+        "with the selected properties only": got == want.events and len(cio_events) == len(want.events),
+        "every Order Completed of a shopper with an id is in Customer.io": (
+            {k for k in want.events if k[1] == "Order Completed"} <= set(got)
+        ),
+        "guests' events were skipped (no user id: no Customer.io identifier)": (
+            _skipped(cio, ANONYMOUS) == want.anonymous
+        ),
+        "identify only when a selected property changed": (
+            operations["identify"] == want.identifies and _skipped(cio, UNCHANGED) == want.unchanged
+        ),
+        "Customer.io holds each person's latest email, first name and plan": all(
+            holds(user_id, values) for user_id, values in want.people.items()
+        ),
+        "segment took every Customer.io event, and Segment holds each once": (
+            seg["routed"] == seg["delivered"] == expected.events
+            and len(seg_messages) == seg["delivered"]
+            and not observed["segment_dropped"]
+        ),
+        "the holdout got no message: no webhook, no engagement in Amplitude or Segment": (
+            held_webhooks == 0 and held_amplitude == 0 and held_segment == 0
+        ),
+        "the holdout's own shopping still reached Customer.io": len(held_checkouts) == held_customers,
     }
-    dead_letters = [
-        {
-            "event_id": d["event_id"],
-            "event": f"{d['channel']} {d['metric']}",
-            "attempts": d["attempts"],
-            "reason": d["reason"],
-            "response": (d["response"] or "")[:300],
-        }
-        for d in observed["dead_letters"]
-    ]
-    zero_id_emails = {p.email for p in scenario.people if p.kind == "zero_id"}
     return {
         "ok": all(checks.values()),
         "seconds": round(seconds, 2),
@@ -99,122 +266,112 @@ def build_report(
             "holdout_people": expected.holdout,
             "customer_id_0_people": expected.zero_id_people,
             "email_only_people": expected.email_only_people,
+            "app_users": len({e.person for e in scenario.app}),
             "events": expected.events,
             "machine_opens": expected.machine_opens,
             "events_by_kind": dict(sorted(expected.by_pair.items())),
+            "storefront_by_event": expected.by_store_event,
+            "app_by_event": expected.by_app_event,
+            "orders": len(orders),
+            "orders_after_a_click": sum("campaign" in c.context for c in orders),
+            "orders_by_guests": sum(c.user_id is None for c in orders),
         },
-        "webhooks": {
-            "sent": sent["sent"],
-            "accepted": sent["accepted"],
-            "duplicates": sent["duplicates"],
-            "refused": sent["refused"],
-            "refusals": sent["refusals"],
-        },
-        "log": {"events": status["events"]},
-        "amplitude": {
-            "routed": routed,
-            **states,
-            "retried": observed["retried"],
-            "requests_by_status": observed["requests_by_status"],
-            "skip_reasons": [r for r in status["skip_reasons"] if r["destination"] == DESTINATION],
-            "dead_reasons": [r for r in status["dead_reasons"] if r["destination"] == DESTINATION],
-            "dead_letters": dead_letters,
-            "dead_letter_note": fault_note,
-        },
-        "sandbox": {
-            "events": len(sandbox_events),
-            "by_event_type": dict(Counter(str(e.get("event_type")) for e in sandbox_events).most_common()),
+        "inputs": _inputs(hooks, shop, app, ingest),
+        "log": {"events": status["events"], "by_source": {k: v["accepted"] for k, v in ingest.items()}},
+        "destinations": {
+            wiring.AMPLITUDE: {
+                **amp,
+                "skip_note": SKIP_NOTES[wiring.AMPLITUDE],
+                "sandbox": {
+                    "events": len(amp_events),
+                    "by_event_type": dict(
+                        Counter(str(e.get("event_type")) for e in amp_events).most_common()
+                    ),
+                    "from_the_app": len(forwarded),
+                    "from_the_app_unchanged": unchanged,
+                },
+            },
+            wiring.CUSTOMERIO: {
+                **cio,
+                "skip_note": SKIP_NOTES[wiring.CUSTOMERIO],
+                "sandbox": {
+                    "people": len(cio_people),
+                    "events": len(cio_events),
+                    "events_by_name": dict(Counter(str(e["name"]) for e in cio_events).most_common()),
+                    "operations_by_action": dict(operations.most_common()),
+                    "people_by_plan": dict(
+                        Counter(str(p["attributes"].get("plan", "not set")) for p in cio_people).most_common()
+                    ),
+                },
+            },
+            wiring.SEGMENT: {
+                **seg,
+                "sandbox": {
+                    "messages": len(seg_messages),
+                    "by_event": dict(Counter(str(m.get("event")) for m in seg_messages).most_common()),
+                    "dropped": len(observed["segment_dropped"]),
+                },
+            },
         },
         "holdout": {
-            "people": len(holdout),
-            "share": round(len(holdout) / max(1, expected.people), 3),
-            "webhooks": holdout_webhooks,
-            "events_in_sandbox": holdout_in_sandbox,
+            "people": len(held),
+            "share": round(len(held) / max(1, expected.people), 3),
+            "webhooks": held_webhooks,
+            "engagement_in_amplitude": held_amplitude,
+            "engagement_in_segment": held_segment,
+            "checkouts_in_customerio": len(held_checkouts),
+            "orders": sum(c.person in held_keys for c in orders),
         },
-        "examples": _examples(sandbox_events, zero_id_emails),
+        "examples": _examples(amp_events, app_bodies, cio_ops, seg_messages),
         "checks": checks,
         "folder": folder,
     }
 
 
-def _table(title: str, rows: list[tuple[str, Any, str]]) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
-    table.add_column(style="bold", justify="right")
-    table.add_column()
-    table.add_column(style="dim")
-    for label, value, meaning in rows:
-        table.add_row(str(value), label, meaning)
-    return table
+def _inputs(
+    hooks: dict[str, Any], shop: dict[str, Any], app: dict[str, Any], ingest: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "customerio_webhooks": {
+            "client": "signed HTTP requests, 8 in flight, as Customer.io sends them",
+            "endpoint": "POST /webhooks/customerio",
+            **hooks,
+        },
+        "segment_api": {
+            "client": "the official Segment Python library (segment-analytics-python)",
+            "endpoint": "POST /v1/batch",
+            "sent": shop["sent"],
+            **ingest["segment"],
+            "failed": shop["failed"],
+            "errors": shop["errors"],
+        },
+        "amplitude_api": {
+            "client": "the official Amplitude Python SDK (amplitude-analytics)",
+            "endpoint": "POST /2/httpapi",
+            "sent": app["sent"],
+            **ingest["amplitude"],
+            "failed": app["failed"] + app["unanswered"],
+            "errors": app["errors"],
+        },
+    }
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    hooks, amp, sandbox = report["webhooks"], report["amplitude"], report["sandbox"]
-    holdout, scenario = report["holdout"], report["scenario"]
-    console.print()
-    inbound = [
-        ("webhooks sent", hooks["sent"], "one event each, HMAC-SHA256 signed"),
-        ("accepted", hooks["accepted"], "committed (fsync'd) before the 200"),
-        ("duplicates", hooks["duplicates"], "event_id seen before: 200, kept once"),
-        ("refused", hooks["refused"], "4xx: bad signature or body"),
-        ("events in the log", report["log"]["events"], ""),
-    ]
-    console.print(_table("Customer.io → loopwire  (POST /webhooks/customerio)", inbound))
-    for refusal, count in hooks["refusals"].items():
-        console.print(f"  [red]refused {count}×[/red] {refusal}", highlight=False)
-    console.print()
-    outbound = [
-        ("delivered", amp["delivered"], "accepted by Amplitude"),
-        ("skipped", amp["skipped"], "Amplitude may not take them (why below)"),
-        ("dead-lettered", amp["dead"], "refused for good; kept with the answer"),
-        ("still pending", amp["pending"] + amp["in_flight"], "unsettled when the demo stopped"),
-        ("retried", amp["retried"], "re-queued and sent again (see note)"),
-    ]
-    console.print(_table("loopwire → Amplitude  (the local sandbox, HTTP V2)", outbound))
-    requests = ", ".join(f"{n}× {s}" for s, n in amp["requests_by_status"].items())
-    console.print(f"  requests to Amplitude by HTTP status: {requests}", highlight=False)
-    for row in amp["skip_reasons"]:
-        console.print(f"  [yellow]skipped {row['count']}×[/yellow] {row['reason']}", highlight=False)
-    if amp["skip_reasons"]:
-        console.print(f"  [dim]{SKIP_NOTE}[/dim]", highlight=False)
-    for row in amp["dead_reasons"]:
-        console.print(f"  [red]dead {row['count']}×[/red] {row['reason']}", highlight=False)
-    for letter in amp["dead_letters"]:
-        console.print(f"  [dim]dead letter {letter['event_id']} ({letter['event']})[/dim]", highlight=False)
-    console.print(f"  [dim]{amp['dead_letter_note']}[/dim]", highlight=False)
-    console.print()
-    by_type = Table(title=f"In Amplitude: {sandbox['events']} events", title_justify="left", box=None)
-    by_type.add_column("event_type")
-    by_type.add_column("events", justify="right")
-    for event_type, count in sandbox["by_event_type"].items():
-        by_type.add_row(event_type, str(count))
-    console.print(by_type)
-    console.print(
-        f"  {scenario['machine_opens']} of the opens are Apple Mail Privacy Protection fetches"
-        " (prefetched/proxied: true), sent as Customer.io sends them.",
-        highlight=False,
+def _examples(
+    amp_events: list[dict[str, Any]],
+    app_bodies: dict[str, dict[str, Any]],
+    cio_ops: list[dict[str, Any]],
+    seg_messages: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One payload per flow, as the receiving side got it."""
+    app_in_amplitude = [e for e in amp_events if e.get("insert_id") in app_bodies]
+    plan_update = next(
+        (op for op in cio_ops if op.get("action") == "identify" and "plan" in op["attributes"]), None
     )
-    console.print()
-    console.print(
-        f"[bold]Holdout[/bold]: {holdout['people']} of {scenario['people']} shoppers "
-        f"({holdout['share']:.0%}, chosen from their id) got no message: {holdout['webhooks']} webhooks, "
-        f"{holdout['events_in_sandbox']} events in Amplitude.",
-        highlight=False,
-    )
-    if report["examples"]:
-        console.print()
-        console.print("[bold]Examples of delivered Amplitude events[/bold]")
-        for example in report["examples"]:
-            console.print_json(msgspec.json.encode(example).decode())
-    console.print()
-    for label, passed in report["checks"].items():
-        mark = "[green]✓[/green]" if passed else "[red]✗[/red]"
-        console.print(f"{mark} {label}", highlight=False)
-    verdict = "[green]all checks passed[/green]" if report["ok"] else "[red]some checks failed[/red]"
-    console.print(f"\n{verdict} in {report['seconds']:.1f} s", highlight=False)
-    if report["folder"]:
-        console.print(
-            f"Kept in {report['folder']}: `set -a; . {report['folder']}/demo.env; set +a;"
-            f" loopwire status --config {report['folder']}/demo.yaml`",
-            highlight=False,
-            markup=False,
-        )
+    found = {
+        "Customer.io webhooks → Amplitude": _first(amp_events, event_type="Email Clicked"),
+        "app (Amplitude SDK) → Amplitude, unchanged": _first(app_in_amplitude, event_type="App Opened"),
+        "storefront (Segment library) → Customer.io": _first(cio_ops, action="event", name="Order Completed"),
+        "app (Amplitude SDK) → Customer.io": plan_update,
+        "Customer.io webhooks → Segment": _first(seg_messages, event="Email Link Clicked"),
+    }
+    return {flow: example for flow, example in found.items() if example is not None}

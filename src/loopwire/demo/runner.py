@@ -1,22 +1,27 @@
-"""`loopwire demo`: play the cart-abandonment scenario through a real loopwire into the Amplitude sandbox.
+"""`loopwire demo`: the scenario played through a real loopwire, in every direction it carries data.
 
-Everything is real except the two vendors: the webhooks are signed HTTP requests to loopwire's own
-`POST /webhooks/customerio`, loopwire commits them to a SQLite log and delivers them over HTTP to the
-local Amplitude sandbox, which validates them as Amplitude does. The report is read back from
-loopwire's store (`runtime.status()`) and from the sandbox, then checked against the scenario.
+In: Customer.io's signed reporting webhooks, the storefront's Segment library and the app's Amplitude
+SDK, all as real HTTP to loopwire's own endpoints. Out: the Amplitude, Customer.io and Segment
+sandboxes, which check what they get as the vendors do. Only the vendors are stand-ins.
+
+The calls are played in three rounds, each settled (nothing pending or in flight) before the next:
+1. before the journey: the storefront's sign-ins, product views and abandoned checkouts;
+2. the app's first sessions (who the user is, their plan);
+3. the journey: Customer.io's webhooks, the orders, the app's later sessions.
+A person's rounds follow their own timeline. Settling between rounds makes "identify only when a
+selected property changed" deterministic: each update is compared with what Customer.io has already
+accepted, never with an update still in flight.
+
+The report is read back from loopwire (`runtime.status()`, its metrics) and from the sandboxes, then
+checked against the scenario (`report.build_report`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import os
-import secrets
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,93 +30,143 @@ from typing import Any
 import httpx
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loopwire.app import Runtime, create_app
 from loopwire.config import load_config
-from loopwire.demo.report import build_report, print_report
-from loopwire.demo.scenario import DURATION, HOLDOUT_SHARE, Webhook, build_scenario
-from loopwire.demo.servers import serve_in_thread
+from loopwire.demo import wiring
+from loopwire.demo.render import print_report
+from loopwire.demo.report import build_report
+from loopwire.demo.scenario import DURATION, HOLDOUT_SHARE, build_scenario
+from loopwire.demo.senders import App, Storefront, missing_sdks, send_webhooks
+from loopwire.demo.servers import Tap, serve_in_thread
 from loopwire.sandbox.amplitude import AmplitudeSandbox
+from loopwire.sandbox.customerio import CustomerioSandbox
+from loopwire.sandbox.segment import SegmentSandbox
 
-DESTINATION = "amplitude"
-CONCURRENCY = 8  # webhook requests in flight, as Customer.io's senders overlap
-SETTLE_TIMEOUT = 60.0  # seconds to wait for delivery to settle before reporting what is left
-SIGNING_ENV = "LOOPWIRE_DEMO_SIGNING_KEY"
-AMPLITUDE_ENV = "LOOPWIRE_DEMO_AMPLITUDE_KEY"
-STORE_FILES = ("demo.db", "demo.db-wal", "demo.db-shm")
+SETTLE_TIMEOUT = 60.0  # seconds to wait for delivery to settle, per round, before reporting what is left
+SOURCES = {"customerio": "customerio_webhooks", "segment": "segment_api", "amplitude": "amplitude_api"}
 
-# The two faults the demo arranges, so retries and the dead-letter queue have something honest in
-# them. The sandbox answers loopwire's first request with a 503 (Amplitude failed internally; retry,
-# amplitude.md §2.6) and its second as Amplitude answers a batch holding one event with an invalid
-# field value (400, `events_with_invalid_fields` naming index 0). loopwire must resend the first
-# batch after a backoff, park exactly the one named event with Amplitude's answer, and resend the
-# rest of the second batch at once.
-FAULTS = [{"status": 503}, {"status": 400, "invalid_indexes": [0], "invalid_field": "time"}]
-ARRANGED_DEAD = 1  # events the second fault names
-FAULT_NOTE = (
-    "Arranged on purpose: the sandbox answered loopwire's first request with 503 and its second with "
-    "a 400 naming one event as invalid (how Amplitude refuses an event with a bad field value; nothing "
-    "in the scenario is really invalid). loopwire retried the first batch after a backoff, dead-lettered "
-    "exactly the one named event with Amplitude's answer, and resent the rest of that batch at once. "
-    "With --keep, `loopwire dlq list --config <folder>/demo.yaml` shows it."
-)
 
-_encode = msgspec.json.Encoder().encode
+class Sandboxes:
+    """The three vendor stand-ins, each on its own loopback port."""
+
+    def __init__(self, keys: dict[str, str], stack: ExitStack) -> None:
+        self.amplitude = AmplitudeSandbox(api_keys=frozenset({keys[wiring.AMPLITUDE_ENV]}))
+        self.customerio = CustomerioSandbox(credentials={keys[wiring.CIO_SITE_ENV]: keys[wiring.CIO_KEY_ENV]})
+        self.segment = SegmentSandbox(write_keys=frozenset({keys[wiring.SEGMENT_ENV]}))
+        self.customerio_tap = Tap(self.customerio.app, "/api/")  # keeps the operations as sent
+        self.urls = {
+            wiring.AMPLITUDE: stack.enter_context(serve_in_thread(self.amplitude.app, "amplitude-sandbox")),
+            wiring.CUSTOMERIO: stack.enter_context(
+                serve_in_thread(self.customerio_tap, "customerio-sandbox")
+            ),
+            wiring.SEGMENT: stack.enter_context(serve_in_thread(self.segment.app, "segment-sandbox")),
+        }
+
+    def arm_faults(self) -> None:
+        for name, faults, vendor in (
+            (wiring.AMPLITUDE, wiring.AMPLITUDE_FAULTS, "amplitude"),
+            (wiring.CUSTOMERIO, wiring.CUSTOMERIO_FAULTS, "customerio"),
+            (wiring.SEGMENT, wiring.SEGMENT_FAULTS, "segment"),
+        ):
+            answer = httpx.post(f"{self.urls[name]}/_sandbox/{vendor}/faults", json=faults, timeout=5)
+            answer.raise_for_status()
+
+    def _get(self, name: str, path: str) -> Any:
+        answer = httpx.get(f"{self.urls[name]}{path}", timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def observe(self) -> dict[str, Any]:
+        """What each vendor holds, read through its control API; Customer.io's operations as sent."""
+        operations: list[dict[str, Any]] = []
+        for path, status, body in list(self.customerio_tap.exchanges):
+            if path.startswith("/api/v2/batch") and status == 200:  # a 207 would apply only some
+                operations.extend(msgspec.json.decode(body).get("batch", []))
+        return {
+            "amplitude_events": self._get(wiring.AMPLITUDE, "/_sandbox/amplitude/events")["events"],
+            "customerio_people": self._get(wiring.CUSTOMERIO, "/_sandbox/customerio/people")["people"],
+            "customerio_events": self._get(wiring.CUSTOMERIO, "/_sandbox/customerio/events")["events"],
+            "customerio_operations": operations,
+            "segment_messages": self._get(wiring.SEGMENT, "/_sandbox/segment/messages")["messages"],
+            "segment_dropped": self._get(wiring.SEGMENT, "/_sandbox/segment/dropped")["dropped"],
+        }
 
 
 def run_demo(people: int, seed: int, keep: Path | None, progress: bool, console: Console) -> dict[str, Any]:
     """Play `people` shoppers (seeded by `seed`); returns the report, printing it when `progress`."""
+    missing = missing_sdks()
+    if missing:
+        raise RuntimeError(
+            "the demo drives the official Segment and Amplitude Python libraries; install "
+            f"{' and '.join(missing)} (`pip install -e '.[test]'`, as `make demo` does)"
+        )
     began = time.monotonic()
     # Events happened over the last ~3 days; X-CIO-Timestamp is the send time (now), as for Customer.io.
     scenario = build_scenario(people, seed, start=int(time.time()) - DURATION - 600)
-    signing_key = secrets.token_hex(32)
-    api_key = "demo-" + secrets.token_hex(12)
-    env = {SIGNING_ENV: signing_key, AMPLITUDE_ENV: api_key}
+    keys = wiring.make_keys()
     if progress:
         e = scenario.expected
         console.print(
             f"[bold]loopwire demo[/bold]: {e.people} shoppers abandon a cart (SMS after 1 h, email after"
-            f" 20 h, last-call email after 48 h; {HOLDOUT_SHARE:.0%} held out). Customer.io reports"
-            f" {e.events} message events as signed webhooks, {e.redeliveries} of them twice.",
+            f" 20 h, last-call email after 48 h; {HOLDOUT_SHARE:.0%} held out). In: {e.store_calls}"
+            f" storefront calls (Segment library), {e.app_calls} app events (Amplitude SDK),"
+            f" {e.webhooks} Customer.io webhooks. Out: Amplitude, Customer.io, Segment.",
             highlight=False,
         )
     with ExitStack() as stack:
         folder = _folder(keep, stack)
-        sandbox = AmplitudeSandbox(api_keys=frozenset({api_key}))
-        sandbox_url = stack.enter_context(serve_in_thread(sandbox.app, "amplitude-sandbox"))
-        config_path = _write_config(folder, sandbox_url, env, keep is not None)
-        config = load_config(config_path, env={**os.environ, **env})
-        _arm_fault(sandbox_url)
+        boxes = Sandboxes(keys, stack)
+        config_path = wiring.write_config(folder, boxes.urls, keys, keep is not None)
+        config = load_config(config_path, env={**os.environ, **keys})
+        boxes.arm_faults()
         app = create_app(config)
         runtime: Runtime = app.state.runtime
-        loopwire_url = stack.enter_context(serve_in_thread(app, "loopwire"))
+        url = stack.enter_context(serve_in_thread(app, "loopwire"))
+        storefront = Storefront(url, keys[wiring.STOREFRONT_ENV])
+        stack.callback(storefront.close)
+        mobile = App(f"{url}/2/httpapi", keys[wiring.AMPLITUDE_ENV])
+        stack.callback(mobile.close)
         with _bars(console, progress) as bars:
-            send_task = bars.add_task("webhooks → loopwire", total=len(scenario.webhooks))
-            sent = asyncio.run(
-                _send(loopwire_url, scenario.webhooks, signing_key.encode(), lambda: bars.advance(send_task))
-            )
-            deliver_task = bars.add_task("loopwire → Amplitude", total=scenario.expected.events)
-            status, settled = _settle(
-                runtime, SETTLE_TIMEOUT, lambda n: bars.update(deliver_task, completed=n)
-            )
+            ins = {
+                "segment": bars.add_task("storefront → loopwire", total=len(scenario.storefront)),
+                "amplitude": bars.add_task("app → loopwire", total=len(scenario.app)),
+                "customerio": bars.add_task("webhooks → loopwire", total=len(scenario.webhooks)),
+            }
+            outs = {name: bars.add_task(f"loopwire → {name}", total=None) for name in wiring.DESTINATIONS}
+
+            def tick(source: str) -> Callable[[], None]:
+                return lambda: bars.advance(ins[source])
+
+            def settle() -> tuple[dict[str, Any], bool]:
+                return _settle(runtime, SETTLE_TIMEOUT, bars, outs)
+
+            storefront.send([c for c in scenario.storefront if c.round == 1], tick("segment"))
+            status, settled = settle()
+            mobile.send([e for e in scenario.app if e.round == 2], tick("amplitude"))
+            status, settled2 = settle()
+            signing_key = keys[wiring.SIGNING_ENV].encode()
+            sent = asyncio.run(send_webhooks(url, scenario.webhooks, signing_key, tick("customerio")))
+            storefront.send([c for c in scenario.storefront if c.round == 3], tick("segment"))
+            mobile.send([e for e in scenario.app if e.round == 3], tick("amplitude"))
+            status, settled3 = settle()
         observed = {
             "status": status,
-            "settled": settled,
-            "sent": sent,
-            "sandbox_events": _sandbox_events(sandbox_url),
-            "dead_letters": runtime.store.dead_letters(DESTINATION, 20),
-            "requests_by_status": _requests_by_status(runtime),
-            "retried": _sample(runtime, "loopwire_delivery_events_total", outcome="retried"),
+            "settled": settled and settled2 and settled3,
+            "webhooks": sent,
+            "storefront": storefront.counts(),
+            "app": mobile.counts(),
+            "app_bodies": dict(mobile.bodies),
+            "ingest": _ingest_counts(runtime),
+            "destinations": {name: _delivery(runtime, name) for name in wiring.DESTINATIONS},
+            **boxes.observe(),
         }
-        # leaving the block stops loopwire (couriers, HTTP client, store) and then the sandbox
+        # leaving the block stops the SDK clients, loopwire (couriers, HTTP client, store), the sandboxes
     report = build_report(
         scenario,
         observed,
         seed=seed,
-        # the 400 needs a second request, which any deliverable event brings (the 503 resends it)
-        expected_dead=ARRANGED_DEAD if scenario.expected.events > scenario.expected.skipped else 0,
-        fault_note=FAULT_NOTE,
         folder=str(folder) if keep is not None else None,
         seconds=time.monotonic() - began,
     )
@@ -124,133 +179,72 @@ def _folder(keep: Path | None, stack: ExitStack) -> Path:
     if keep is None:
         return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loopwire-demo-")))
     keep.mkdir(parents=True, exist_ok=True)
-    for name in STORE_FILES:  # a previous demo's store: its events would mix with this run's
+    for name in wiring.STORE_FILES:  # a previous demo's store: its events would mix with this run's
         (keep / name).unlink(missing_ok=True)
     return keep.resolve()
 
 
-def _write_config(folder: Path, sandbox_url: str, env: dict[str, str], kept: bool) -> Path:
-    store = json.dumps(str(folder / STORE_FILES[0]))  # a JSON string is a valid YAML scalar
-    text = f"""\
-# Written by `loopwire demo`: the embedded default (one SQLite file) delivering to the local
-# Amplitude sandbox. Keys are random per run and read from the environment (see demo.env).
-store:
-  path: {store}
-sources:
-  customerio_webhooks:
-    signing_keys:
-      - ${{{SIGNING_ENV}}}
-destinations:
-  {DESTINATION}:
-    type: amplitude
-    api_key: ${{{AMPLITUDE_ENV}}}
-    region: us
-    base_url: {json.dumps(sandbox_url)}
-    account_id: "1"
-    workspace_id: "demo"
-    batching:
-      linger: 250ms            # gather fuller batches while webhooks stream in
-    retry:                     # short, so the demo settles in seconds
-      initial_backoff: 100ms
-      max_backoff: 1s
-      max_age: 45s
-      timeout: 5s
-"""
-    path = folder / "demo.yaml"
-    path.write_text(text)
-    if kept:  # so `loopwire status --config <folder>/demo.yaml` works after `set -a; . <folder>/demo.env`
-        secrets_file = folder / "demo.env"
-        secrets_file.unlink(missing_ok=True)
-        descriptor = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write("".join(f"{k}={v}\n" for k, v in env.items()))
-    return path
-
-
-def _arm_fault(sandbox_url: str) -> None:
-    answer = httpx.post(f"{sandbox_url}/_sandbox/amplitude/faults", json=FAULTS, timeout=5)
-    answer.raise_for_status()
-
-
 @contextmanager
 def _bars(console: Console, show: bool) -> Iterator[Progress]:
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not show) as bars:
         yield bars
 
 
-async def _send(
-    base_url: str, webhooks: list[Webhook], key: bytes, done: Callable[[], None]
-) -> dict[str, Any]:
-    """POST every webhook, signed as Customer.io signs it (customerio.md §1.2); counts the answers."""
-    counts: Counter[str] = Counter()
-    refusals: Counter[str] = Counter()
-    queue = iter(webhooks)  # shared by the workers: each takes the next webhook in order
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        for hook in queue:
-            raw = _encode(hook.body)
-            timestamp = str(int(time.time()))
-            signature = hmac.new(key, b"v0:" + timestamp.encode() + b":" + raw, hashlib.sha256).hexdigest()
-            headers = {
-                "X-CIO-Timestamp": timestamp,
-                "X-CIO-Signature": signature,
-                "Content-Type": "application/json",
-            }
-            answer = await client.post("/webhooks/customerio", content=raw, headers=headers)
-            if answer.status_code == 200:
-                counts[str(answer.json().get("status"))] += 1
-            else:
-                counts["refused"] += 1
-                refusals[f"{answer.status_code} {answer.text[:200]}"] += 1
-            done()
-
-    limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
-    return {
-        "sent": len(webhooks),
-        "accepted": counts["accepted"],
-        "duplicates": counts["duplicate"],
-        "refused": counts["refused"],
-        "refusals": dict(refusals),
-    }
-
-
-def _settle(runtime: Runtime, timeout: float, tick: Callable[[int], None]) -> tuple[dict[str, Any], bool]:
-    """Poll until no row is pending or in flight (or `timeout` passes); returns the last status."""
+def _settle(
+    runtime: Runtime, timeout: float, bars: Progress, tasks: dict[str, TaskID]
+) -> tuple[dict[str, Any], bool]:
+    """Poll until no row of any destination is pending or in flight (or `timeout` passes)."""
     deadline = time.monotonic() + timeout
     while True:
         status = runtime.status()
-        states = status["destinations"].get(DESTINATION, {})
-        tick(sum(states.get(s, 0) for s in ("delivered", "skipped", "dead")))
-        if states.get("pending", 0) == 0 and states.get("in_flight", 0) == 0:
+        busy = False
+        for name, task in tasks.items():
+            states = status["destinations"].get(name, {})
+            done = sum(states.get(s, 0) for s in ("delivered", "skipped", "dead"))
+            busy = busy or states.get("pending", 0) > 0 or states.get("in_flight", 0) > 0
+            bars.update(task, completed=done, total=sum(states.values()))
+        if not busy:
             return status, True
         if time.monotonic() > deadline:
             return status, False
         time.sleep(0.05)
 
 
-def _sandbox_events(sandbox_url: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{sandbox_url}/_sandbox/amplitude/events", timeout=10)
-    answer.raise_for_status()
-    doc = answer.json()
-    events = doc.get("events", []) if isinstance(doc, dict) else doc
-    return [e for e in events if isinstance(e, dict)]
+def _samples(runtime: Runtime, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in runtime.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
-def _sample(runtime: Runtime, name: str, **labels: str) -> int:
-    value = runtime.metrics.registry.get_sample_value(name, {"destination": DESTINATION, **labels})
-    return int(value or 0)
+def _ingest_counts(runtime: Runtime) -> dict[str, dict[str, int]]:
+    """Per source, as loopwire counted it: new events logged, duplicates, refused requests and messages."""
+    counts = {source: {"accepted": 0, "duplicates": 0, "refused": 0} for source in SOURCES}
+    for metric, key in (
+        ("loopwire_ingest_events_total", "accepted"),
+        ("loopwire_ingest_duplicate_events_total", "duplicates"),
+        ("loopwire_ingest_rejected_requests_total", "refused"),
+    ):
+        for labels, value in _samples(runtime, metric):
+            if labels.get("source") in counts:
+                counts[labels["source"]][key] += int(value)
+    return counts
 
 
-def _requests_by_status(runtime: Runtime) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for family in runtime.metrics.registry.collect():
-        for sample in family.samples:
-            if (
-                sample.name == "loopwire_delivery_requests_total"
-                and sample.labels.get("destination") == DESTINATION
-            ):
-                found[sample.labels["status"]] = int(sample.value)
-    return dict(sorted(found.items()))
+def _delivery(runtime: Runtime, name: str) -> dict[str, Any]:
+    statuses = {
+        labels["status"]: int(value)
+        for labels, value in _samples(runtime, "loopwire_delivery_requests_total")
+        if labels.get("destination") == name
+    }
+    retried = runtime.metrics.registry.get_sample_value(
+        "loopwire_delivery_events_total", {"destination": name, "outcome": "retried"}
+    )
+    return {
+        "requests_by_status": dict(sorted(statuses.items())),
+        "retried": int(retried or 0),
+        "dead_letters": runtime.store.dead_letters(name, 20),
+    }

@@ -14,6 +14,9 @@ People who exercise the mapping's identity rules are mixed in: a few profiles wi
 (Amplitude refuses that id, so their email stands in) and a few email-only leads (`identifiers.id` is
 null: no id and no device id, so the Amplitude mapping skips them). A few events are sent twice with
 the same `event_id`, as Customer.io does when a delivery timed out, so deduplication shows.
+
+The same shoppers' storefront calls (Segment) and app events (Amplitude) come from `shop`, drawn
+from a random stream of their own, so they never change a seed's webhooks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, Literal
 
 import msgspec
 from ulid import ULID
+
+from loopwire.demo.shop import AppEvent, StoreCall, shop_activity
 
 HOUR = 3600
 HOLDOUT_SHARE = 0.10
@@ -82,11 +87,21 @@ class Expected(msgspec.Struct, frozen=True):
     skipped: int  # events of email-only people: no id and no device id
     machine_opens: int
     by_pair: dict[str, int]  # "email opened" → distinct events
+    store_calls: int  # storefront Segment calls, resends included
+    store_messages: int  # distinct messageIds
+    store_resends: int
+    app_calls: int  # app Amplitude events, resends included
+    app_events: int  # distinct insert_ids
+    app_resends: int
+    by_store_event: dict[str, int]  # "identify", "Product Viewed", ... → distinct messages
+    by_app_event: dict[str, int]  # "$identify", "App Opened" → distinct events
 
 
 class Scenario(msgspec.Struct, frozen=True):
     people: list[Person]
     webhooks: list[Webhook]
+    storefront: list[StoreCall]  # in sending order: by round, then time
+    app: list[AppEvent]
     expected: Expected
 
 
@@ -103,9 +118,14 @@ def build_scenario(people: int, seed: int, start: int) -> Scenario:
     rng = random.Random(seed)
     persons = _people(rng, people)
     bodies: list[tuple[dict[str, Any], str]] = []
+    abandoned: dict[str, int] = {}
+    journeys: dict[str, list[dict[str, Any]]] = {}
     for person in persons:
         if not person.holdout:
-            bodies.extend((body, person.key) for body in _Journey(rng, person, start).play())
+            journey = _Journey(rng, person, start)
+            abandoned[person.key] = journey.abandoned
+            journeys[person.key] = journey.play()
+            bodies.extend((body, person.key) for body in journeys[person.key])
     bodies.sort(key=lambda item: (item[0]["timestamp"], item[0]["event_id"]))
     webhooks = [Webhook(body, key) for body, key in bodies]
     # Customer.io retries a delivery that got no 2xx within 4 s (customerio.md §1.1); the retry
@@ -114,7 +134,8 @@ def build_scenario(people: int, seed: int, start: int) -> Scenario:
     for index in reversed(chosen):
         body, key = bodies[index]
         webhooks.insert(min(len(webhooks), index + 1 + rng.randrange(5, 40)), Webhook(body, key, True))
-    return Scenario(persons, webhooks, _expect(persons, webhooks))
+    storefront, app = shop_activity(persons, abandoned, journeys, seed, start, SPAN, start + DURATION)
+    return Scenario(persons, webhooks, storefront, app, _expect(persons, webhooks, storefront, app))
 
 
 def _people(rng: random.Random, count: int) -> list[Person]:
@@ -125,7 +146,7 @@ def _people(rng: random.Random, count: int) -> list[Person]:
     persons: list[Person] = []
     for i in range(count):
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
-        email = f"{first}.{last}.{numbers[i] % 10_000:04d}@example.com"
+        email = f"{first}.{last}.{numbers[i]}@example.com"  # unique: Customer.io keys people by email
         cio_id = f"{rng.getrandbits(48):012x}"
         kind: Kind = "zero_id" if i in zero else "email_only" if i in email_only else "customer"
         person_id = {"customer": f"cust_{numbers[i]}", "zero_id": "0", "email_only": None}[kind]
@@ -244,8 +265,12 @@ class _Journey:
         return True
 
 
-def _expect(persons: list[Person], webhooks: list[Webhook]) -> Expected:
+def _expect(
+    persons: list[Person], webhooks: list[Webhook], storefront: list[StoreCall], app: list[AppEvent]
+) -> Expected:
     originals = [w for w in webhooks if not w.redelivery]
+    calls = [c for c in storefront if not c.resend]
+    events = [e for e in app if not e.resend]
     email_only = {p.key for p in persons if p.kind == "email_only"}
     return Expected(
         people=len(persons),
@@ -258,4 +283,12 @@ def _expect(persons: list[Person], webhooks: list[Webhook]) -> Expected:
         skipped=sum(w.person in email_only for w in originals),
         machine_opens=sum(w.body["data"].get("prefetched") is True for w in originals),
         by_pair=dict(Counter(f"{w.body['object_type']} {w.body['metric']}" for w in originals)),
+        store_calls=len(storefront),
+        store_messages=len(calls),
+        store_resends=len(storefront) - len(calls),
+        app_calls=len(app),
+        app_events=len(events),
+        app_resends=len(app) - len(events),
+        by_store_event=dict(Counter(c.event or c.call for c in calls)),
+        by_app_event=dict(Counter(e.event_type for e in events)),
     )

@@ -1,4 +1,5 @@
-"""An ASGI app under uvicorn in a background thread, on a loopback port chosen by the kernel."""
+"""Loopback servers for the demo: an ASGI app under uvicorn in a background thread, on a port chosen
+by the kernel (`serve_in_thread`), and a tap that keeps what crossed the wire (`Tap`)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,51 @@ def serve_in_thread(app: Any, name: str, start_timeout: float = 10.0) -> Iterato
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+class Tap:
+    """An ASGI wrapper that keeps what crossed the wire: the status and body of every POST under
+    `prefix`, as `(path, status, body)` in `exchanges`. The wrapped app sees the request unchanged.
+
+    The demo puts it in front of a vendor sandbox to show the operations loopwire really sent, not
+    only what the sandbox made of them.
+    """
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.exchanges: list[tuple[str, int, bytes]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+        status = 0
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        finally:
+            self.exchanges.append((scope["path"], status, body))
