@@ -4,12 +4,11 @@ from loopwire.destinations.routing import (
     Route,
     accepts,
     allowed_properties,
-    event_key,
     hash_email,
     hash_phone,
     normalise_phone,
 )
-from loopwire.model import Event
+from loopwire.model import Event, event_key
 
 DEFAULT = frozenset({"customerio"})
 
@@ -61,3 +60,14 @@ def test_identifier_hashing_normalises_first() -> None:
     assert normalise_phone("0044 20 7946 0958") == "+442079460958"
     assert normalise_phone("555-867-5309") == "+15558675309"
     assert hash_phone("(555) 867-5309") == hash_phone("+1 555 867 5309")
+
+
+def test_every_destination_takes_loopwire_events_by_default() -> None:
+    # Audience membership and holdout assignment reach every tool without a `route.sources` line.
+    from loopwire.destinations.registry import KINDS
+
+    own = track("Audience Entered", "loopwire")
+    for name, kind in KINDS.items():
+        assert "loopwire" in kind.default_sources, name
+        assert accepts(Route(), kind.default_sources, own), name
+        assert not accepts(Route(sources=["customerio"]), kind.default_sources, own), name

@@ -1,8 +1,9 @@
 """Golden tests for the Customer.io → Amplitude mapping, plus its option overrides and request body.
 
-Each folder under tests/fixtures/amplitude/ is one case: `input.json` (a reporting-webhook body),
-`options.yaml` (overrides of `AmplitudeOptions`) and `expected.json` (the Amplitude event, or
-`{"skip": "<reason>"}`). `LOOPWIRE_REGEN_GOLDEN=1 pytest tests/destinations/amplitude` rewrites the
+Each folder under tests/fixtures/amplitude/ is one case: `input.json` (a reporting-webhook body) or,
+for events that do not come from a webhook (loopwire's own), `event.json` (a msgspec-encoded
+`loopwire.model.Event`), `options.yaml` (overrides of `AmplitudeOptions`) and `expected.json` (the
+Amplitude event, or `{"skip": "<reason>"}`). `LOOPWIRE_REGEN_GOLDEN=1 pytest tests/destinations/amplitude` rewrites the
 expected files — read every changed one against seed 002 before committing it.
 """
 
@@ -23,11 +24,13 @@ from loopwire.destinations.amplitude.options import AmplitudeOptions, Naming
 from loopwire.destinations.amplitude.overrides import apply_overrides, default_map_options
 from loopwire.destinations.base import Skip
 from loopwire.errors import ConfigError
+from loopwire.model import Event, decode_event
 from loopwire.settings import Secret, dec_hook
 from loopwire.sources.customerio_parse import parse_webhook
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "amplitude"
-CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "input.json").is_file())
+WEBHOOK, EVENT = "input.json", "event.json"  # a case holds one or the other
+CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / WEBHOOK).is_file() or (p / EVENT).is_file())
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: the injected clock (also the receive time)
 REGEN = os.environ.get("LOOPWIRE_REGEN_GOLDEN") == "1"
 
@@ -52,11 +55,16 @@ def options_for(raw: dict[str, Any] | None) -> AmplitudeOptions:
     return result
 
 
+def event_for(folder: Path) -> Event:
+    """The case's input as the log holds it: a webhook parsed as the source parses it, or an Event."""
+    if (folder / EVENT).is_file():
+        return decode_event((folder / EVENT).read_bytes())
+    return parse_webhook((folder / WEBHOOK).read_bytes(), NOW_MS)
+
+
 def run_case(folder: Path) -> dict[str, Any]:
-    body = (folder / "input.json").read_bytes()
     options = options_for(yaml.safe_load((folder / "options.yaml").read_text()))
-    event = parse_webhook(body, NOW_MS)
-    result = map_event(event, options, NOW_MS)
+    result = map_event(event_for(folder), options, NOW_MS)
     return {"skip": result.reason} if isinstance(result, Skip) else result
 
 
@@ -217,3 +225,48 @@ def test_region_and_endpoint_do_not_change_the_payload() -> None:
         FIXTURES / "email_clicked" / "input.json"
     ).read_text()
     assert eu == us
+
+
+# --- loopwire's own events ---------------------------------------------------------------------
+
+
+LOOPWIRE_CASES = [case for case in CASES if (FIXTURES / case / EVENT).is_file()]
+
+
+@pytest.mark.parametrize("case", LOOPWIRE_CASES)
+def test_loopwire_events_pass_amplitudes_event_checks(case: str) -> None:
+    """What the loopwire cases send is what Amplitude's HTTP V2 takes (the sandbox's own checks)."""
+    from loopwire.contracts.amplitude import check_events
+
+    assert event_for(FIXTURES / case).source == "loopwire"
+    got = run_case(FIXTURES / case)
+    if "skip" in got:
+        return
+    options = options_for(yaml.safe_load((FIXTURES / case / "options.yaml").read_text()))
+    assert not check_events([copy.deepcopy(got)], options.min_id_length or 5)
+    assert got["insert_id"] == event_for(FIXTURES / case).id  # Amplitude dedupes on the log's id
+
+
+def test_loopwire_traits_are_user_properties_of_an_identify() -> None:
+    got = run_case(FIXTURES / "loopwire_identify_traits_as_user_properties")
+    assert got["event_type"] == "$identify"
+    assert got["user_properties"] == {
+        "$set": {
+            "holdout_cart_journey": "holdout",
+            "audience_cart_abandoners": True,
+            "lifecycle_state": "at_risk",
+        }
+    }
+    assert "event_properties" not in got
+
+
+def test_loopwire_kinds_other_than_identify_and_track_are_skipped() -> None:
+    event = decode_event((FIXTURES / "loopwire_audience_entered_event" / EVENT).read_bytes())
+    page = msgspec.structs.replace(event, kind="page")
+    assert map_event(page, options_for(None), NOW_MS) == Skip(
+        "loopwire page events are not sent to Amplitude (it takes identify and track)"
+    )
+    bare = msgspec.structs.replace(event, kind="identify", data={"traits": {}})
+    assert map_event(bare, options_for(None), NOW_MS) == Skip(
+        "loopwire identify without traits: no user property to set"
+    )

@@ -413,6 +413,60 @@ async def test_identifier_learned_from_an_identify_addresses_later_events(
     assert person is not None and event["person"] == person["cio_id"]
 
 
+def own(kind: str, n: int, user_id: str = "cust_000123", **data: Any) -> Event:
+    """One of loopwire's own events, Segment-shaped as the audience and holdout engine writes it."""
+    event_id = f"lw-{n:04d}"
+    name = data.get("event")
+    body = {"type": kind, "userId": user_id, "messageId": event_id, "timestamp": "2025-12-31T23:50:00.000Z"}
+    return Event(
+        id=event_id,
+        source="loopwire",
+        kind=kind,
+        name=name,
+        time_ms=T + n,
+        received_ms=T + n,
+        user_id=user_id,
+        data={**body, **data},
+    )
+
+
+async def test_loopwire_attributes_and_audience_events_reach_the_learned_person(
+    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+) -> None:
+    box, url = sandbox
+    # Defaults otherwise: send_users off, nothing selected. loopwire's own attributes go all the same.
+    destination = CustomerioDestination("customerio", options(url, identifier="email"), http, memory(store))
+    traits = {"holdout_cart_journey": "holdout", "audience_cart_abandoners": True}
+    holdout = own("identify", 1, traits=traits)
+    assert destination.accepts(holdout)
+    assert destination.map(holdout, T) == Skip(
+        "no Customer.io identifier known yet for this user: loopwire's own events are addressed by the "
+        "`email` learned from the user's Amplitude or Segment events, and none has been seen (seed 003)"
+    )
+    learn = amp("$identify", 2, user_properties={"$set": {"email": "ada@example.com"}})
+    entered = own(
+        "track", 3, event="Audience Entered", properties={"audience": "cart_abandoners", "items": 2}
+    )
+    status, outcomes = await send(destination, [learn, holdout, entered])
+    assert status == 200 and all(isinstance(o, Delivered) for o in outcomes)
+    person = box.find("ada@example.com")
+    assert person is not None and person["attributes"] == traits
+    assert [(e["name"], e["data"]) for e in box.events] == [
+        ("Audience Entered", {"audience": "cart_abandoners", "items": 2})
+    ]
+    assert destination.memory.recall("person:email:ada@example.com") == {
+        "sent": {"holdout_cart_journey": "holdout", "audience_cart_abandoners": "true"}
+    }
+    # Sent once: the same traits again change nothing; a changed one goes alone.
+    assert destination.map(own("identify", 4, traits=traits), T) == Skip(
+        "none of loopwire's attributes changed since they were last sent"
+    )
+    exited = own("identify", 5, traits={**traits, "audience_cart_abandoners": False})
+    payload = destination.map(exited, T)
+    assert isinstance(payload, dict)
+    assert payload["ops"][0]["attributes"] == {"audience_cart_abandoners": False}
+
+
 async def test_a_failed_memory_write_retries_memory_only_events(
     sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
 ) -> None:

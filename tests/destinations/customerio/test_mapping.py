@@ -65,6 +65,11 @@ RULES = [
     "ulid_is_deterministic",
     "required_fields_only",
     "all_fields",
+    # loopwire's own events (audience and holdout engine)
+    "loopwire_identify_sends_all_traits",
+    "loopwire_identify_unchanged_not_resent",
+    "loopwire_audience_entered_as_event",
+    "loopwire_identify_unknown_identifier_skipped",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The `amplitude` destination: Customer.io engagement → Amplitude HTTP V2 (or Batch)."""
+"""The `amplitude` destination: Customer.io engagement, forwarded Amplitude SDK events and loopwire's own
+audience and holdout events → Amplitude HTTP V2 (or Batch)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class AmplitudeDestination:
-    default_sources = frozenset({"customerio", "amplitude"})
+    default_sources = frozenset({"customerio", "amplitude", "loopwire"})
 
     def __init__(self, name: str, options: AmplitudeOptions, http: httpx.AsyncClient) -> None:
         self.name = name

@@ -1,6 +1,7 @@
 """Customer.io engagement `Event` → one Amplitude HTTP V2 event, as Customer.io's native integration
-maps it (seed 002), plus the options the native one lacks. Pure: options and clock come in as
-arguments. Every rule and every choice the seed leaves open is written up in docs/mapping-amplitude.md.
+maps it (seed 002), plus the options the native one lacks; loopwire's own audience and holdout events
+→ `$identify` user properties and events. Pure: options and clock come in as arguments. Every rule
+and every choice the seed leaves open is written up in docs/mapping-amplitude.md.
 """
 
 from __future__ import annotations
@@ -91,17 +92,76 @@ def forward(event: Event) -> dict[str, Any]:
     return {**event.data, "insert_id": event.id}
 
 
+def _user_id(event: Event, min_length: int) -> str | Skip:
+    """The event's user id when Amplitude would take it, else the Skip the id rules give."""
+    user_id = event.user_id
+    if (
+        user_id is not None
+        and min_length <= len(user_id) <= MAX_STRING_CHARS
+        and user_id.lower() not in INVALID_IDS
+    ):
+        return user_id
+    return _no_id(False, user_id, None, min_length)
+
+
+def own_event(event: Event, options: AmplitudeOptions) -> dict[str, Any] | Skip:
+    """loopwire's own events (Segment-shaped, written by the audience and holdout engine): an
+    identify's traits become user properties (`$set`; a null trait is `$unset`), so Amplitude can
+    split any chart by holdout group or audience; a track (Audience Entered, ...) is an event with
+    its properties. The Customer.io options (channels, naming, groups, ...) do not apply to them."""
+    min_length = DEFAULT_MIN_ID_LENGTH if options.min_id_length is None else options.min_id_length
+    user_id = _user_id(event, min_length)
+    if isinstance(user_id, Skip):
+        return user_id
+    data = event.data
+    if event.kind == "identify":
+        traits = data.get("traits")
+        if type(traits) is not dict or not traits:
+            return Skip("loopwire identify without traits: no user property to set")
+        values = {key: _clip(value) for key, value in traits.items() if value is not None}
+        removed = {key: "-" for key, value in traits.items() if value is None}  # the SDKs' `$unset` value
+        operations: dict[str, Any] = {}
+        if values:
+            operations["$set"] = values
+        if removed:
+            operations["$unset"] = removed
+        return {
+            "event_type": "$identify",
+            "user_id": user_id,
+            "user_properties": operations,
+            "insert_id": event.id,
+            "time": event.time_ms,
+        }
+    if event.kind == "track":
+        name = event.name or data.get("event")
+        if type(name) is not str or not name:
+            return Skip("loopwire track without an event name: Amplitude requires `event_type`")
+        properties = data.get("properties")
+        return {
+            "event_type": name[:MAX_STRING_CHARS],
+            "user_id": user_id,
+            "event_properties": _clip(properties) if type(properties) is dict else {},
+            "insert_id": event.id,
+            "time": event.time_ms,
+        }
+    return Skip(f"loopwire {event.kind} events are not sent to Amplitude (it takes identify and track)")
+
+
 def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str, Any] | Skip:
-    """One Customer.io reporting-webhook `Event` → one Amplitude HTTP V2 event object, or `Skip`.
+    """One `Event` → one Amplitude HTTP V2 event object, or `Skip`: a Customer.io reporting webhook
+    as the native integration maps it, an Amplitude SDK event forwarded unchanged, or one of
+    loopwire's own audience and holdout events (`own_event`).
 
     `now_ms` is the injected clock every mapping receives; this one reads no clock (the event's own
     timestamp is always present).
     """
     if event.source == "amplitude":
         return forward(event)
+    if event.source == "loopwire":
+        return own_event(event, options)
     if event.source != "customerio":
         return Skip(
-            f"the amplitude destination maps Customer.io and Amplitude events, not {event.source} ones"
+            f"the amplitude destination maps Customer.io, Amplitude and loopwire events, not {event.source} ones"
         )
     channel = event.channel or ""
     metric = event.metric or ""

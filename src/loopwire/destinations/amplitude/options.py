@@ -22,7 +22,7 @@ class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_events: int = 1000  # HTTP V2 takes < 2,000 events per request (amplitude.md §2.5)
     max_bytes: int = 900_000  # HTTP V2 takes < 1 MB per request; the rest is headroom
     concurrency: int = 4  # requests in flight at once
-    linger: Duration = Duration(0.05)  # wait this long for a fuller batch
+    linger: Duration = Duration(0.25)  # wait this long for a fuller batch (fewer, larger requests)
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,4 +49,6 @@ class AmplitudeOptions(
     min_id_length: int | None = None  # sent as options.min_id_length
     batching: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
-    route: Route = Route()  # default sources: customerio (engagement) and amplitude (forwarded SDK events)
+    # Default sources: customerio (engagement), amplitude (forwarded SDK events) and loopwire (its own
+    # audience and holdout events).
+    route: Route = Route()

@@ -1,5 +1,6 @@
 """The `customerio` destination: Amplitude (or Segment) events → Customer.io Track API v2, as Amplitude's
-Customer.io event stream does it (seed 003)."""
+Customer.io event stream does it (seed 003), and loopwire's own audience and holdout events as person
+attributes and events."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ LEARNED_MAX = 100_000  # identifiers awaiting storage kept in process; beyond th
 
 
 class CustomerioDestination:
-    default_sources = frozenset({"amplitude", "segment"})
+    default_sources = frozenset({"amplitude", "segment", "loopwire"})
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class CustomerioDestination:
                     identifier = found["identifier"]
                     break
         sent: dict[str, str] | None = None
-        if options.send_users:
+        if mapping.recalls_sent(event, options):
             who = mapping.person_for(event, options, identifier)
             if not isinstance(who, Skip):
                 found = self.memory.recall(who.key)

@@ -1,6 +1,7 @@
 """Amplitude (or Segment) `Event` → Customer.io Track API v2 person operations, as Amplitude's
-Customer.io event stream promises (seed 003). Pure: options, clock and what was last sent to the
-person come in as arguments. Every rule and every choice the seed leaves open is written up in
+Customer.io event stream promises (seed 003); loopwire's own audience and holdout events → person
+attributes and events. Pure: options, clock and what was last sent to the person come in as
+arguments. Every rule and every choice the seed leaves open is written up in
 docs/mapping-customerio.md.
 
 One event becomes one payload `{"ops": [...], "remember": {...}}`: up to two operations (the event,
@@ -48,10 +49,19 @@ _SEGMENT_PAGE_KEYS = ("url", "path")
 
 SKIP_ANONYMOUS = "events without a user are never sent: no Customer.io identifier (seed 003)"
 SKIP_NO_CIO_ID = "the Customer.io User Identifier is `cio_` with no cio_id after the prefix (seed 003)"
+SKIP_NO_OWN_TRAITS = "loopwire identify without traits: no attribute to set"
+SKIP_OWN_UNCHANGED = "none of loopwire's attributes changed since they were last sent"
 SKIP_TOO_LONG = (
     f"the Customer.io User Identifier is over {api.IDENTIFIER_MAX_BYTES} bytes, the limit Customer.io "
     "sets on identifiers (seed 003)"
 )
+
+
+def skip_unknown_identifier(prop: str) -> str:
+    return (
+        f"no Customer.io identifier known yet for this user: loopwire's own events are addressed by the "
+        f"`{prop}` learned from the user's Amplitude or Segment events, and none has been seen (seed 003)"
+    )
 
 
 class Known(NamedTuple):
@@ -87,11 +97,22 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else {}
 
 
+LOOPWIRE = "loopwire"  # the source of loopwire's own events (audience and holdout engine)
+# Segment-spec messages: the Segment input's, and loopwire's own (audience and holdout events).
+SEGMENT_SHAPED = frozenset({"segment", LOOPWIRE})
+
+
 def user_updates(event: Event) -> Updates:
     """Amplitude: `user_properties`, plain (= `$set`) or operations. Segment: `traits` of an identify,
-    `context.traits` of any other call (the user's traits as the SDK knows them)."""
+    `context.traits` of any other call (the user's traits as the SDK knows them).
+
+    loopwire's own events carry none: their traits are loopwire's attributes, not the app user's
+    properties, so `user_properties` does not select them and they never set the identifier (see
+    `own_traits`)."""
     data = event.data
-    if event.source == "segment":
+    if event.source == LOOPWIRE:
+        return _NO_UPDATES
+    if event.source in SEGMENT_SHAPED:
         traits = data.get("traits") if event.kind == "identify" else _dict(data.get("context")).get("traits")
         return Updates(_dict(traits), {}, frozenset()) if type(traits) is dict and traits else _NO_UPDATES
     props = data.get("user_properties")
@@ -105,8 +126,21 @@ def user_updates(event: Event) -> Updates:
     return Updates(_dict(props.get("$set")), _dict(props.get("$setOnce")), frozenset(unset))
 
 
+def own_traits(event: Event) -> dict[str, Any]:
+    """The traits of a loopwire identify (audience membership, holdout group, lifecycle state): every
+    one of them is a Customer.io attribute, sent when it changed."""
+    if event.source != LOOPWIRE or event.kind != "identify":
+        return {}
+    return _dict(event.data.get("traits"))
+
+
+def recalls_sent(event: Event, options: CustomerioOptions) -> bool:
+    """Does mapping this event need what was last sent to the person (`Known.sent`)?"""
+    return options.send_users or bool(own_traits(event))
+
+
 def event_properties(event: Event) -> dict[str, Any]:
-    key = "properties" if event.source == "segment" else "event_properties"
+    key = "properties" if event.source in SEGMENT_SHAPED else "event_properties"
     return _dict(event.data.get(key))
 
 
@@ -137,13 +171,13 @@ def op_name(event: Event, action: str) -> str | None:
     props = event_properties(event)
     found: str | None = None
     if action == "page":
-        if event.source == "segment":
+        if event.source in SEGMENT_SHAPED:
             page = _dict(_dict(event.data.get("context")).get("page"))
             found = _first_text((props, _SEGMENT_PAGE_KEYS), (page, _SEGMENT_PAGE_KEYS))
         else:
             found = _first_text((props, _AMPLITUDE_PAGE_KEYS))
     elif action == "screen":
-        if event.source == "segment":
+        if event.source in SEGMENT_SHAPED:
             found = event.name or _first_text((props, ("name",)))
         else:
             found = _first_text((props, _AMPLITUDE_SCREEN_KEYS))
@@ -181,6 +215,8 @@ def identifier_value(event: Event, options: CustomerioOptions, known: str | None
     """(the identifier value, whether this event itself set it)."""
     if options.identifier == USER_ID:
         return event.user_id, False
+    if event.source == LOOPWIRE:  # loopwire's traits never name the person: what was learned does
+        return known, False
     prop = options.identifier
     updates = user_updates(event)
     if prop in updates.set:
@@ -232,7 +268,10 @@ def _selected_events(event: Event, options: CustomerioOptions) -> bool:
 def _event_attributes(event: Event, options: CustomerioOptions, updates: Updates) -> dict[str, Any]:
     """Only the selected properties (seed 003): user properties as strings, event properties as the
     JSON scalars they are; arrays, objects and nulls are left out (amplitude.md §7). An event property
-    wins over a user property of the same name."""
+    wins over a user property of the same name. loopwire's own events send every property as it is:
+    the selection and amplitude.md §7 are about Amplitude's stream, not loopwire's events."""
+    if event.source == LOOPWIRE:
+        return dict(event_properties(event))
     attributes: dict[str, Any] = {}
     for name in options.user_properties:
         text = _as_text(updates.set.get(name, updates.set_once.get(name)))
@@ -264,10 +303,32 @@ def _changes(options: CustomerioOptions, updates: Updates, sent: dict[str, str])
     return changes
 
 
+def _own_changes(
+    traits: dict[str, Any], sent: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """loopwire's traits that differ from what was last sent: (the attributes to send, with their JSON
+    types; what to remember, as text, None for a null trait: forget it, nothing is sent)."""
+    attributes: dict[str, Any] = {}
+    changes: dict[str, str | None] = {}
+    for name, value in traits.items():
+        if value is None:
+            if name in sent:
+                changes[name] = None
+            continue
+        text = value if type(value) is str else _encode(value).decode()
+        if sent.get(name) != text:
+            attributes[name] = value
+            changes[name] = text
+    return attributes, changes
+
+
 def wants(event: Event, options: CustomerioOptions) -> Skip | None:
     """Would this event produce anything, whoever its user is? A Skip saying why not, else None."""
     if event.kind in _UNSUPPORTED:
         return Skip(_UNSUPPORTED[event.kind])
+    if event.source == LOOPWIRE and event.kind == "identify":
+        # loopwire's own attributes go whatever `send_users` says: that is about the app's user properties
+        return None if own_traits(event) else Skip(SKIP_NO_OWN_TRAITS)
     updates = user_updates(event)
     learns = options.identifier != USER_ID and (
         options.identifier in updates.set or options.identifier in updates.set_once
@@ -291,6 +352,8 @@ def wants(event: Event, options: CustomerioOptions) -> Skip | None:
 
 
 def _nothing_to_send(event: Event, options: CustomerioOptions) -> Skip:
+    if own_traits(event):
+        return Skip(SKIP_OWN_UNCHANGED)
     if options.send_users:
         return Skip("no selected user property changed since it was last sent")
     if event.kind == "identify":
@@ -303,7 +366,8 @@ def _nothing_to_send(event: Event, options: CustomerioOptions) -> Skip:
 def map_event(
     event: Event, options: CustomerioOptions, now_ms: int, known: Known = Known()
 ) -> dict[str, Any] | Skip | Invalid:
-    """One Amplitude or Segment `Event` → `{"ops": [...], "remember": {...}}`, a Skip, or Invalid.
+    """One Amplitude, Segment or loopwire `Event` → `{"ops": [...], "remember": {...}}`, a Skip, or
+    Invalid.
 
     `known` is what the destination recalled for this event (`memory_keys`, then `Person.key`); the
     mapping reads no memory itself. `now_ms` is the injected clock; the event's own time is used.
@@ -315,6 +379,8 @@ def map_event(
     value, learned = identifier_value(event, options, known.identifier)
     who = person(value)
     if isinstance(who, Skip):
+        if value is None and event.source == LOOPWIRE and event.user_id and options.identifier != USER_ID:
+            return Skip(skip_unknown_identifier(options.identifier))
         return who
     ops: list[dict[str, Any]] = []
     remember: dict[str, dict[str, Any]] = {}
@@ -345,6 +411,24 @@ def map_event(
     if options.send_users:
         changes = _changes(options, updates, known.sent or {})
         attributes = {k: v for k, v in changes.items() if v is not None}
+        if attributes:
+            op = {
+                "type": "person",
+                "action": "identify",
+                "identifiers": who.identifiers,
+                "timestamp": timestamp,
+                "attributes": attributes,
+            }
+            problem = api.identify_op_problem(op, len(_encode(op)))
+            if problem is not None:
+                return Invalid(problem)
+            ops.append(op)
+        if changes:
+            remember[who.key] = {"sent": changes}
+
+    traits = own_traits(event)
+    if traits:
+        attributes, changes = _own_changes(traits, known.sent or {})
         if attributes:
             op = {
                 "type": "person",

@@ -41,8 +41,9 @@ class CustomerioOptions(
     screen_events: list[str] = msgspec.field(default_factory=lambda: list(SCREEN_EVENTS))
     batching: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
-    # Default sources: amplitude (SDK traffic) and segment. `route.events` selects the events sent
-    # as Customer.io events; user updates follow `send_users`, whatever `route.events` says.
+    # Default sources: amplitude (SDK traffic), segment and loopwire (audience and holdout events).
+    # `route.events` selects the events sent as Customer.io events; user updates follow `send_users`,
+    # whatever `route.events` says (loopwire's own attributes are sent whatever `send_users` says).
     route: Route = Route()
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ _SENT_AT_SIZE = len(msgspec.json.encode(iso_ms(0)))  # every sentAt has this len
 
 
 class SegmentDestination:
-    default_sources = frozenset({"customerio"})
+    default_sources = frozenset({"customerio", "loopwire"})
 
     def __init__(
         self,

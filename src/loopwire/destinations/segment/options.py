@@ -45,4 +45,4 @@ class SegmentOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_country_code: str = "1"  # for hashing phone numbers written without one
     batching: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
-    route: Route = Route()  # default sources: customerio
+    route: Route = Route()  # default sources: customerio and loopwire (audience and holdout events)
