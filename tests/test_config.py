@@ -15,7 +15,7 @@ ENV = {"CIO_WEBHOOK_SIGNING_KEY": "k", "AMPLITUDE_API_KEY": "amp-secret-key"}
 def test_annotated_example_loads() -> None:
     config = load_config(EXAMPLE, env=ENV)
     amp = config.destinations["amplitude"]
-    assert amp.region == "us" and amp.retry.max_age == 86_400 and amp.batching.linger == 0.05
+    assert amp.region == "us" and amp.retry.max_age == 86_400 and amp.batching.linger == 0.25
     assert config.sources.customerio_webhooks is not None
     assert config.sources.customerio_webhooks.replay_window == 900
 

@@ -83,7 +83,10 @@ def test_amplitude_sdk_to_amplitude_unchanged_and_selected_to_customerio(
         wait_until(lambda: len(amplitude_box.events) == 5, what="all five events forwarded to Amplitude")
         wait_until(lambda: len(cio.events) == 2, what="the selected events in Customer.io")
         client.shutdown()
-        counts = runtime.store.counts()["customerio"]
+        counts = wait_until(
+            lambda: (c := runtime.store.counts()["customerio"])["pending"] + c["in_flight"] == 0 and c,
+            what="the Customer.io outbox to settle",
+        )
     # Amplitude got every event exactly as the SDK sent it
     assert sorted(e["event_type"] for e in amplitude_box.events) == sorted(
         ["$identify", "Product Viewed", "Order Completed", "Order Completed", "[Amplitude] Page Viewed"]

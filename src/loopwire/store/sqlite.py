@@ -9,6 +9,7 @@ COMMIT returned: that is the moment a source may answer 2xx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -24,6 +25,19 @@ from loopwire.store.migrations import migrate
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
+# Who waits for a job: a thread (concurrent Future) or a coroutine (its loop and asyncio Future).
+Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+def _settle_futures(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
 
 STATES = ("pending", "in_flight", "delivered", "dead", "skipped")
 
@@ -67,7 +81,7 @@ class Store:
                 "UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'"
             ).rowcount
         self._conn = conn
-        self._jobs: queue.SimpleQueue[tuple[Job, Future[Any]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Job, Sink] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
         self.commits = 0  # transactions committed (each one fsync)
@@ -99,11 +113,14 @@ class Store:
             if stop:
                 return
 
-    def _run_group(self, conn: sqlite3.Connection, batch: list[tuple[Job, Future[Any]]]) -> None:
+    def _run_group(self, conn: sqlite3.Connection, batch: list[tuple[Job, Sink]]) -> None:
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, _ in batch:
+                if getattr(job, "cannot_fail", False):  # no savepoint needed (see _append_job)
+                    results.append((True, job(conn)))
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     results.append((True, job(conn)))
@@ -117,14 +134,21 @@ class Store:
         except Exception as exc:  # the commit itself failed (disk full, I/O error): nobody is durable
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for (ok, value), (_, future) in zip(results, batch, strict=True):
-            if ok:
-                future.set_result(value)
+            results = [(False, exc)] * len(batch)
+        # Waiters on an event loop are woken with one call per loop per group, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (ok, value), (_, sink) in zip(results, batch, strict=True):
+            if isinstance(sink, Future):
+                if ok:
+                    sink.set_result(value)
+                else:
+                    sink.set_exception(value)
             else:
-                future.set_exception(value)
+                loop, future = sink
+                by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_futures, items)
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -132,7 +156,10 @@ class Store:
         return future
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.wrap_future(self.submit(job))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((job, (loop, future)))
+        return await future
 
     def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Synchronous write, for the CLI and tests."""
@@ -341,6 +368,8 @@ def _append_job(
                 )
         return fresh
 
+    # Only an I/O error can fail these statements, and that fails the whole transaction anyway.
+    job.cannot_fail = True  # type: ignore[attr-defined]
     return job
 
 
