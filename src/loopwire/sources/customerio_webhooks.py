@@ -7,7 +7,6 @@ stored once. Every refusal is a 4xx JSON body `{"error": {"code", "message"}}`, 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -55,7 +54,7 @@ def verify_signature(
     given = signature.strip().lower().encode()
     matched = False
     for key in keys:  # every key is tried, so timing does not tell which one matched
-        expected = hmac.new(key, signed, hashlib.sha256).hexdigest().encode()
+        expected = hmac.digest(key, signed, "sha256").hex().encode()  # one C call
         matched |= hmac.compare_digest(expected, given)
     if not matched:
         raise InputError(
