@@ -18,7 +18,7 @@ from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Delivered, Outcome, Rejected, Retry, Split
 from loopwire.settings import Secret
 
-REFERENCE = Path("/work/shared/reference/fixtures/amplitude")
+REFERENCE = Path(__file__).resolve().parents[4] / "shared" / "reference" / "fixtures" / "amplitude"
 
 FIXTURES: dict[str, dict[str, Any]] = {
     "batch_response_429_daily_quota.json": {

@@ -15,7 +15,15 @@ from loopwire.destinations.customerio import api
 from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.settings import Secret
 
-REFERENCE = Path("/work/shared/reference/fixtures/customerio/track-api/constructed")
+REFERENCE = (
+    Path(__file__).resolve().parents[4]
+    / "shared"
+    / "reference"
+    / "fixtures"
+    / "customerio"
+    / "track-api"
+    / "constructed"
+)
 
 FIXTURES: dict[str, dict[str, Any]] = {
     "v2_batch_207_response.json": {

@@ -1,0 +1,253 @@
+"""Signed-webhook ingest with durable commit, under wrk on loopback.
+
+1. Throughput: `loopwire serve` (the example config, SQLite in a temp dir, `synchronous=FULL`, group
+   commit) against the bare hello-world ASGI app on the same stack (bench/hello_app.py), same wrk
+   settings, same requests; a Starlette hello-world alongside shows the framework's own share.
+   Delivery runs as in production: the amplitude destination points at an Amplitude sandbox
+   subprocess, so the couriers claim, map, send and settle while the webhooks arrive.
+2. Latency: a fresh server paced at 2,000 requests/s offered (see bench/webhooks.lua); the achieved
+   rate and wrk's p99.
+
+Every request is a distinct webhook with its own event_id and a valid signature; afterwards the store
+is read to check that every 200 is a committed row.
+
+    python -m bench.webhook_ingest [--duration 8] [--connections 64] [--threads 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from ulid import ULID
+
+from bench.common import (
+    BENCH,
+    LOOPWIRE_ENV,
+    PYTHON,
+    SIGNING_KEY,
+    Result,
+    WrkRun,
+    amplitude_sandbox,
+    free_port,
+    loopwire_serve,
+    personalise,
+    report,
+    run_wrk,
+    serve,
+    webhook_mix,
+    write_config,
+)
+from tests.helpers.cio import sign
+
+SCRIPT = BENCH / "webhooks.lua"
+OFFERED_RATE = 2_000  # requests/s for the latency run
+P99_TARGET_MS = 50.0
+RATIO_TARGET = 0.5
+USERS = 20_000
+
+
+def write_requests(path: Path, count: int, now: float) -> int:
+    """`count` distinct signed webhooks, one per line, stamped `now` (inside the 900 s window)."""
+    templates = webhook_mix()
+    timestamp = int(now)
+    stamp = str(timestamp)
+    with path.open("w") as out:
+        for n in range(count):
+            doc = personalise(templates[n % len(templates)], str(ULID()), f"user-{n % USERS:05d}", timestamp)
+            body = msgspec.json.encode(doc)
+            out.write(f"{stamp}\t{sign(SIGNING_KEY, timestamp, body)}\t{body.decode()}\n")
+    return len(templates)
+
+
+def ingest_counters(url: str) -> dict[str, float]:
+    """loopwire_ingest_requests_total by outcome, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found: dict[str, float] = {}
+    for match in re.finditer(r"^loopwire_ingest_requests_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+        outcome = re.search(r'outcome="([^"]*)"', match.group(1))
+        if outcome:
+            found[outcome.group(1)] = found.get(outcome.group(1), 0.0) + float(match.group(2))
+    return found
+
+
+def store_counts(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        counts = {"events": conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]}
+        for state, n in conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[state] = n
+        return counts
+    finally:
+        conn.close()
+
+
+def loopwire_run(
+    work: Path, name: str, requests_file: Path, wrk_args: dict[str, Any], rate: int = 0
+) -> tuple[WrkRun, dict[str, Any]]:
+    """A fresh store, a fresh sandbox, one wrk run; then the durability check."""
+    run_dir = work / name
+    run_dir.mkdir()
+    db = run_dir / "loopwire.db"
+    sandbox_port, port = free_port(), free_port()
+    threads, connections = wrk_args["threads"], wrk_args["connections"]
+    args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
+    with amplitude_sandbox(sandbox_port, run_dir / "sandbox.log") as sandbox:
+        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url)
+        with loopwire_serve(config, port, run_dir / "loopwire.log", LOOPWIRE_ENV) as server:
+            run = run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
+            counters = ingest_counters(server.url)
+    counts = store_counts(db)
+    accepted = int(counters.get("accepted", 0))
+    duplicates = int(counters.get("duplicate", 0))
+    answered = run.ok - run.warmups  # the warm-up GETs of /healthz are not webhooks
+    check = {
+        "answered_2xx": answered,
+        "answered_non_2xx": run.non_2xx,
+        "socket_errors": run.socket_errors,
+        "warmups": run.warmups,
+        "server_accepted": accepted,
+        "server_duplicates": duplicates,
+        "server_rejected": int(counters.get("rejected", 0)),
+        "events_stored": counts["events"],
+        "outbox": {k: v for k, v in counts.items() if k != "events"},
+        "repeats_sent": run.repeats,
+        # Every 2xx wrk saw is a committed row or a duplicate of one. The server may have committed a
+        # few more (at most one per connection) whose answers came after wrk and /metrics stopped counting.
+        "every_2xx_stored": accepted <= counts["events"] and counts["events"] + duplicates >= answered,
+    }
+    if not check["every_2xx_stored"] or run.non_2xx:
+        raise RuntimeError(f"{name}: a 2xx without a stored row, or a refusal: {check}")
+    return run, check
+
+
+def hello_run(
+    work: Path, framework: str, requests_file: Path, wrk_args: dict[str, Any], rate: int = 0
+) -> WrkRun:
+    port = free_port()
+    argv = [PYTHON, "-m", "bench.hello_app", "--port", str(port), "--framework", framework]
+    log = work / f"hello-{framework}.log"
+    threads, connections = wrk_args["threads"], wrk_args["connections"]
+    args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
+    with serve(argv, port=port, log=log) as server:
+        return run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
+
+
+def _pooled(runs: list[WrkRun]) -> float:
+    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
+
+
+def run(
+    duration: int = 8,
+    connections: int = 64,
+    threads: int = 2,
+    count: int = 120_000,
+    rounds: int = 2,
+    paced_duration: int = 10,
+    paced_connections: int = 128,
+) -> list[Result]:
+    """`rounds` rounds of bare hello → Starlette hello → loopwire, every other round reversed (so a
+    drift in the machine's speed falls on both sides alike); then one paced run for latency."""
+    with tempfile.TemporaryDirectory(prefix="loopwire-bench-ingest-") as tmp:
+        work = Path(tmp)
+        requests_file = work / "requests.tsv"
+        started = time.monotonic()
+        kinds = write_requests(requests_file, count, time.time())
+        generated_s = time.monotonic() - started
+        wrk_args = {"connections": connections, "threads": threads, "duration": duration}
+        runs: dict[str, list[WrkRun]] = {"hello": [], "starlette": [], "loopwire": []}
+        checks = []
+        for number in range(rounds):
+            order = ["hello", "starlette", "loopwire"]
+            for kind in order if number % 2 == 0 else reversed(order):
+                if kind == "loopwire":
+                    result, check = loopwire_run(work, f"throughput-{number}", requests_file, wrk_args)
+                    checks.append(check)
+                else:
+                    framework = "none" if kind == "hello" else "starlette"
+                    result = hello_run(work, framework, requests_file, wrk_args)
+                runs[kind].append(result)
+        paced_args = {"connections": paced_connections, "threads": threads, "duration": paced_duration}
+        paced, paced_check = loopwire_run(work, "latency", requests_file, paced_args, rate=OFFERED_RATE)
+        paced_hello = hello_run(work, "none", requests_file, paced_args, rate=OFFERED_RATE)
+
+    common = {"requests_in_file": count, "webhook_kinds": kinds, "generated_in_s": round(generated_s, 1)}
+    rates = {kind: [round(r.rate) for r in kind_runs] for kind, kind_runs in runs.items()}
+    throughput = Result(
+        name="webhook ingest",
+        value=_pooled(runs["loopwire"]),
+        unit="req/s",
+        baseline=_pooled(runs["hello"]),
+        baseline_label="hello-world",
+        target=RATIO_TARGET,
+        details={
+            **common,
+            "rounds": rounds,
+            "rates_per_run": rates,
+            "command": runs["loopwire"][0].command,
+            "baseline_command": runs["hello"][0].command,
+            "latency_ms": _ms(runs["loopwire"][-1].latency_us),
+            "baseline_latency_ms": _ms(runs["hello"][-1].latency_us),
+            "checks": checks,
+        },
+    )
+    framework = Result(
+        name="webhook ingest vs the framework alone",
+        value=throughput.value,
+        unit="req/s",
+        baseline=_pooled(runs["starlette"]),
+        baseline_label="Starlette hello-world",
+        details={"starlette_vs_bare_ratio": _pooled(runs["starlette"]) / _pooled(runs["hello"])},
+    )
+    p99_ms = paced.latency_us["p99"] / 1000
+    latency = Result(
+        name=f"webhook ingest p99 at {paced.rate:,.0f} req/s achieved ({OFFERED_RATE:,} offered)",
+        value=p99_ms,
+        unit="ms",
+        baseline=paced_hello.latency_us["p99"] / 1000,
+        baseline_label=f"hello-world at {paced_hello.rate:,.0f} req/s",
+        show_ratio=False,
+        target=P99_TARGET_MS,
+        target_kind="value<=",
+        higher_is_better=False,
+        details={
+            "baseline_latency_ms": _ms(paced_hello.latency_us),
+            "baseline_achieved_rps": paced_hello.rate,
+            **common,
+            "command": paced.command,
+            "offered_rps": OFFERED_RATE,
+            "achieved_rps": paced.rate,
+            "latency_ms": _ms(paced.latency_us),
+            "check": paced_check,
+        },
+    )
+    return [throughput, framework, latency]
+
+
+def _ms(latency_us: dict[str, float]) -> dict[str, float]:
+    return {k: round(v / 1000, 2) for k, v in latency_us.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Signed-webhook ingest benchmark (wrk on loopback).")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=120_000, help="distinct signed webhooks generated")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of baseline and loopwire runs")
+    args = parser.parse_args()
+    results = run(args.duration, args.connections, args.threads, args.requests, args.rounds)
+    report(results)
+    for result in results:
+        print(f"  {result.details}")
+
+
+if __name__ == "__main__":
+    main()
