@@ -162,3 +162,8 @@ def test_backfill_enqueues_only_missing_rows_unless_resend(store: Store) -> None
     assert store.enqueue("amplitude", all_seqs, now_ms=11_000, resend=False) == 0
     assert store.enqueue("amplitude", all_seqs, now_ms=11_000, resend=True) == 3
     assert store.counts()["amplitude"]["delivered"] == 0
+
+
+def test_a_second_copy_in_the_same_group_is_a_duplicate(store: Store) -> None:
+    assert store.append_sync([event(1), event(2), event(1)], [["amplitude"]] * 3) == [True, True, False]
+    assert store.counts()["amplitude"]["pending"] == 2

@@ -108,15 +108,17 @@ class Courier:
                 log.exception("delivery loop for %s failed; retrying in 1 s", self.name)
                 await asyncio.sleep(1.0)
                 continue
-            if claimed:
-                continue
-            await self._idle()
+            if claimed >= self.dest.max_events:
+                continue  # a backlog: take the next full batch at once
+            await self._idle()  # otherwise let the next batch gather for `linger`
 
     async def _idle(self) -> None:
         due = await asyncio.to_thread(self._store.next_due_ms, self.name)
-        timeout = self._idle_poll
-        if due is not None:
-            timeout = max(0.0, min(timeout, (due - self.now_ms()) / 1000))
+        now = self.now_ms()
+        if due is not None and due <= now:  # rows are waiting already: let a fuller batch gather
+            await asyncio.sleep(self.dest.linger)
+            return
+        timeout = self._idle_poll if due is None else min(self._idle_poll, (due - now) / 1000)
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)

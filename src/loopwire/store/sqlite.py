@@ -81,6 +81,10 @@ class Store:
                 "UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'"
             ).rowcount
         self._conn = conn
+        # Reads go to a connection of their own (WAL: they see committed data and never wait for,
+        # nor delay, the writer).
+        self._reader = connect(self.path)
+        self._read_lock = threading.Lock()
         self._jobs: queue.SimpleQueue[tuple[Job, Sink] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
@@ -117,9 +121,11 @@ class Store:
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            appends = [job for job, _ in batch if isinstance(job, _Append)]
+            merged = iter(_append_many(conn, appends)) if appends else iter(())
             for job, _ in batch:
-                if getattr(job, "cannot_fail", False):  # no savepoint needed (see _append_job)
-                    results.append((True, job(conn)))
+                if isinstance(job, _Append):
+                    results.append((True, next(merged)))
                     continue
                 conn.execute("SAVEPOINT job")
                 try:
@@ -165,11 +171,17 @@ class Store:
         """Synchronous write, for the CLI and tests."""
         return self.submit(job).result()
 
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """A read on the read connection (committed data only)."""
+        with self._read_lock:
+            return query(self._reader)
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
         self._conn.close()
+        self._reader.close()
 
     # -- the log -------------------------------------------------------------------------------
     async def append(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> list[bool]:
@@ -189,7 +201,7 @@ class Store:
             await self.write(_settle_job(dest, rows, now_ms))
 
     def next_due_ms(self, dest: str) -> int | None:
-        due: int | None = self.run(
+        due: int | None = self.read(
             lambda c: c.execute(
                 "SELECT MIN(next_ms) FROM outbox WHERE dest = ? AND state = 'pending'", (dest,)
             ).fetchone()[0]
@@ -198,7 +210,7 @@ class Store:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per state, per destination."""
-        rows = self.run(
+        rows = self.read(
             lambda c: c.execute("SELECT dest, state, COUNT(*) FROM outbox GROUP BY dest, state").fetchall()
         )
         result: dict[str, dict[str, int]] = {}
@@ -208,7 +220,7 @@ class Store:
 
     def reasons(self, state: str) -> list[tuple[str, str, int]]:
         """(destination, reason, count) for dead or skipped rows, most frequent first."""
-        return self.run(
+        return self.read(
             lambda c: c.execute(
                 "SELECT dest, COALESCE(reason, ''), COUNT(*) AS n FROM outbox WHERE state = ?"
                 " GROUP BY dest, reason ORDER BY n DESC",
@@ -217,7 +229,7 @@ class Store:
         )
 
     def event_count(self) -> int:
-        return int(self.run(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0]))
+        return int(self.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0]))
 
     def dead_letters(self, dest: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = (
@@ -229,7 +241,7 @@ class Store:
             sql += " AND o.dest = ?"
             args = (dest,)
         sql += " ORDER BY o.updated_ms DESC LIMIT ?"
-        rows = self.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        rows = self.read(lambda c: c.execute(sql, (*args, limit)).fetchall())
         keys = (
             "destination",
             "event_id",
@@ -245,7 +257,7 @@ class Store:
 
     def scan_events(self, since_ms: int, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """(seq, encoded Event) of logged events that happened at or after `since_ms`, in log order."""
-        rows: list[tuple[int, bytes]] = self.run(
+        rows: list[tuple[int, bytes]] = self.read(
             lambda c: c.execute(
                 "SELECT seq, body FROM events WHERE seq > ? AND time_ms >= ? ORDER BY seq LIMIT ?",
                 (after_seq, since_ms, limit),
@@ -334,43 +346,71 @@ class SentMemory:
         self._reader.close()
 
 
-def _append_job(
-    events: Sequence[Event], routes: Sequence[Sequence[str]]
-) -> Callable[[sqlite3.Connection], list[bool]]:
-    def job(conn: sqlite3.Connection) -> list[bool]:
-        fresh: list[bool] = []
-        for event, dests in zip(events, routes, strict=True):
-            cursor = conn.execute(
-                "INSERT INTO events (id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (
-                    event.id,
-                    event.source,
-                    event.kind,
-                    event.channel,
-                    event.metric,
-                    event.name,
-                    event.user_id,
-                    event.time_ms,
-                    event.received_ms,
-                    encode_event(event),
-                ),
-            )
-            new = cursor.rowcount == 1
-            fresh.append(new)
-            if new and dests:
-                seq = cursor.lastrowid
-                now = event.received_ms
-                conn.executemany(
-                    "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)"
-                    " VALUES (?, ?, 'pending', ?, ?, ?)",
-                    [(dest, seq, now, now, now) for dest in dests],
-                )
-        return fresh
+_EVENT_COLUMNS = "(id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)"
+_EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 400  # 4,000 bound values per statement, well under SQLite's limit
 
-    # Only an I/O error can fail these statements, and that fails the whole transaction anyway.
-    job.cannot_fail = True  # type: ignore[attr-defined]
-    return job
+
+class _Append:
+    """An append job. The writer merges every append waiting in a group into one multi-row INSERT
+    per 400 events and one outbox insert: a burst of webhooks costs a few statements, not two each."""
+
+    cannot_fail = True  # only an I/O error can fail these statements, and that fails the group anyway
+
+    def __init__(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> None:
+        self.events = events
+        self.routes = routes
+
+    def __call__(self, conn: sqlite3.Connection) -> list[bool]:
+        return _append_many(conn, [self])[0]
+
+
+def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[list[bool]]:
+    flat = [event for append in appends for event in append.events]
+    inserted: dict[str, int] = {}
+    for start in range(0, len(flat), _ROWS_PER_INSERT):
+        chunk = flat[start : start + _ROWS_PER_INSERT]
+        params: list[Any] = []
+        for e in chunk:
+            params += (
+                e.id,
+                e.source,
+                e.kind,
+                e.channel,
+                e.metric,
+                e.name,
+                e.user_id,
+                e.time_ms,
+                e.received_ms,
+            )
+            params.append(encode_event(e))
+        rows = conn.execute(
+            f"INSERT INTO events {_EVENT_COLUMNS} VALUES {','.join([_EVENT_ROW] * len(chunk))}"
+            " ON CONFLICT (id) DO NOTHING RETURNING seq, id",
+            params,
+        ).fetchall()
+        inserted.update((ident, seq) for seq, ident in rows)
+    outbox: list[tuple[str, int, int, int, int]] = []
+    results: list[list[bool]] = []
+    for append in appends:
+        fresh: list[bool] = []
+        for event, dests in zip(append.events, append.routes, strict=True):
+            seq = inserted.pop(event.id, None)  # popped: a second copy in the same group is a duplicate
+            fresh.append(seq is not None)
+            if seq is not None:
+                now = event.received_ms
+                outbox.extend((dest, seq, now, now, now) for dest in dests)
+        results.append(fresh)
+    if outbox:
+        conn.executemany(
+            "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms) VALUES (?, ?, 'pending', ?, ?, ?)",
+            outbox,
+        )
+    return results
+
+
+def _append_job(events: Sequence[Event], routes: Sequence[Sequence[str]]) -> _Append:
+    return _Append(events, routes)
 
 
 def _claim_job(dest: str, limit: int, now_ms: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
