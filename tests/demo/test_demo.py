@@ -14,10 +14,12 @@ import msgspec
 import pytest
 from rich.console import Console
 
+from loopwire.analysis.report import from_json
 from loopwire.config import load_config
 from loopwire.demo import wiring
+from loopwire.demo.experiment import truth
 from loopwire.demo.runner import run_demo
-from loopwire.demo.scenario import build_scenario
+from loopwire.demo.scenario import EXPERIMENT_ID, build_scenario
 
 
 def test_demo_report_adds_up(tmp_path: Path) -> None:
@@ -39,20 +41,23 @@ def test_demo_report_adds_up(tmp_path: Path) -> None:
     assert min(hooks["duplicates"], shop["duplicates"], app["duplicates"]) > 0
     assert hooks["refused"] == shop["refused"] == app["refused"] == shop["failed"] == app["failed"] == 0
     log = report["log"]
+    assigned = len(expected.assignments)  # loopwire's engine logs one holdout trait per assigned id
+    assert log["by_source"]["loopwire"] == assigned > 0
     assert (
         log["events"]
         == sum(log["by_source"].values())
-        == hooks["accepted"] + shop["accepted"] + app["accepted"]
+        == hooks["accepted"] + shop["accepted"] + app["accepted"] + assigned
     )
 
     # OUT: every routed row settled, and each sandbox holds what was delivered, once
     for dest in dests.values():
         assert dest["delivered"] + dest["skipped"] + dest["dead"] == dest["routed"]
         assert dest["pending"] == dest["in_flight"] == 0
-    assert amp["routed"] == expected.events + expected.app_events
+    assert amp["routed"] == expected.events + expected.app_events + assigned
     assert amp["sandbox"]["events"] == amp["delivered"] == sum(amp["sandbox"]["by_event_type"].values())
     assert amp["sandbox"]["from_the_app_unchanged"] == amp["sandbox"]["from_the_app"] > 0
-    assert seg["routed"] == seg["delivered"] == seg["sandbox"]["messages"] == expected.events
+    assert seg["routed"] == seg["delivered"] == seg["sandbox"]["messages"] == expected.events + assigned
+    assert seg["sandbox"]["by_event"]["identify"] == assigned
     assert "Email Link Clicked" in seg["sandbox"]["by_event"]
     assert cio["sandbox"]["events"] == sum(cio["sandbox"]["events_by_name"].values())
     assert set(cio["sandbox"]["events_by_name"]) <= set(wiring.CIO_EVENTS)
@@ -80,9 +85,32 @@ def test_demo_report_adds_up(tmp_path: Path) -> None:
 
     # one example per flow, as the receiver holds it (no sandbox bookkeeping)
     examples = report["examples"]
-    assert len(examples) == 5 and not any(k.startswith("_") for e in examples.values() for k in e)
+    assert len(examples) == 6 and not any(k.startswith("_") for e in examples.values() for k in e)
     assert examples["storefront (Segment library) → Customer.io"]["name"] == "Order Completed"
     assert examples["app (Amplitude SDK) → Customer.io"]["action"] == "identify"
+    holdout_trait = examples["loopwire's holdout assignment → Customer.io"]["attributes"]
+    assert set(holdout_trait) == {wiring.HOLDOUT_TRAIT}
+
+    # the experiment: loopwire assigned exactly the scenario's ids, and its lift report agrees with
+    # the scenario group by group; the true lift stands beside the estimate
+    lift = report["lift"]
+    assert lift["experiment"] == EXPERIMENT_ID and lift["placeholder_ids"] == ["0"]
+    assert lift["assigned"] == {
+        "holdout": sum(g == "holdout" for g in expected.assignments.values()),
+        "treatment": sum(g == "treatment" for g in expected.assignments.values()),
+    }
+    lift_report = from_json(lift["report"])
+    sample = truth(scenario)["sample"]
+    for group in (lift_report.holdout, lift_report.treatment):
+        assert (group.n, group.conversions) == (
+            sample[group.group]["users"],
+            sample[group.group]["converted"],
+        )
+    assert lift_report.holdout_exposed == 0 and lift_report.breakdown.observational
+    assert lift["true"]["absolute_lift"] == 0.08 and lift["estimate"]["covers_true_lift"] in (True, False)
+    page = (tmp_path / wiring.LIFT_HTML).read_text()
+    assert lift["html"] == str(tmp_path / wiring.LIFT_HTML)
+    assert "default-src 'none'" in page and "Cart abandon journey" in page
 
     printed = output.getvalue()
     for text in (
@@ -90,8 +118,15 @@ def test_demo_report_adds_up(tmp_path: Path) -> None:
         "IN: what came into loopwire",
         "OUT: what loopwire delivered",
         "Holdout",
+        "Did the journey cause the orders?",
+        "Lift: Cart abandon journey",
+        "OBSERVATIONAL, NOT CAUSAL",
+        "True lift",
+        str(tmp_path / wiring.LIFT_HTML),
     ):
         assert text in printed
+    # the demo ends with the lift report: nothing but its lines follow the table
+    assert printed.index("Lift: Cart abandon journey") > printed.index("all checks passed")
     assert printed.count("Arranged on purpose") == 3
     # the servers and the SDK clients are stopped; the kept folder holds a config that loads with demo.env
     assert not [t for t in threading.enumerate() if t.name.startswith("demo-")]
@@ -99,6 +134,7 @@ def test_demo_report_adds_up(tmp_path: Path) -> None:
     config = load_config(tmp_path / "demo.yaml", env=env)
     assert config.store.path == str(tmp_path / "demo.db")
     assert set(config.destinations) == set(wiring.DESTINATIONS)
+    assert set(config.experiments) == {EXPERIMENT_ID}
     text = (tmp_path / "demo.yaml").read_text()
     assert not any(secret in text for secret in env.values())
 
@@ -121,3 +157,6 @@ def test_cli_demo_json() -> None:
     assert set(report["inputs"]) == {"customerio_webhooks", "segment_api", "amplitude_api"}
     for dest in report["destinations"].values():
         assert dest["delivered"] + dest["skipped"] + dest["dead"] == dest["routed"]
+    lift = from_json(report["lift"]["report"])  # the lift report, whole, in the JSON
+    assert lift.holdout.n + lift.treatment.n == len(build_scenario(30, 9, start=0).expected.assignments)
+    assert report["lift"]["html"] is None  # written only into a --keep folder

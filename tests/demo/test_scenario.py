@@ -19,7 +19,18 @@ from loopwire.contracts.segment import check_message as check_segment_message
 from loopwire.demo import scenario as scenario_module
 from loopwire.demo import wiring
 from loopwire.demo.report import CioExpected
-from loopwire.demo.scenario import DURATION, HOLDOUT_SHARE, Scenario, build_scenario, in_holdout
+from loopwire.demo.scenario import (
+    BASE_RATE,
+    DURATION,
+    EXPERIMENT_ID,
+    HOLDOUT_SHARE,
+    OWN_ORDER_AFTER,
+    PERSUADED_SHARE,
+    TREATED_RATE,
+    Scenario,
+    build_scenario,
+    in_holdout,
+)
 from loopwire.demo.senders import amplitude_options, segment_call
 from loopwire.destinations.amplitude.mapping import map_event
 from loopwire.destinations.amplitude.options import AmplitudeOptions
@@ -69,7 +80,29 @@ def test_holdout_is_about_ten_percent_and_follows_the_id() -> None:
     assert [in_holdout(k) for k in keys[:500]] == [in_holdout(k) for k in keys[:500]]
     people = build_scenario(2_000, seed=1, start=START).people
     assert 0.08 < sum(p.holdout for p in people) / len(people) < 0.12
-    assert all(p.holdout == in_holdout(p.key) for p in people)
+    assert all(p.holdout == in_holdout(p.id) for p in people)
+    assert not any(p.holdout for p in people if p.id is None)  # no id: not in the experiment
+
+
+def test_the_journey_holds_out_whom_loopwires_experiment_holds_out(tmp_path: Path) -> None:
+    """The scenario's holdout and the demo's config are one rule: the experiment loopwire's engine
+    runs (demo.yaml) puts every id the scenario sees in the group the journey used."""
+    keys = wiring.make_keys()
+    urls = dict.fromkeys(wiring.DESTINATIONS, "http://127.0.0.1:9")
+    experiment = load_config(wiring.write_config(tmp_path, urls, keys, kept=False), env=keys).experiments[
+        EXPERIMENT_ID
+    ]
+    assert experiment.audience is None and experiment.conversion == "Order Completed"
+    scenario = build_scenario(400, seed=2, start=START)
+    assignments = scenario.expected.assignments
+    assert all(experiment.assign(user_id) == group for user_id, group in assignments.items())
+    for person in scenario.people:
+        if person.kind == "customer":
+            assert assignments[str(person.id)] == ("holdout" if person.holdout else "treatment")
+    # the zero-id profiles share the placeholder id "0": with this salt it is in treatment, so they
+    # are messaged and Amplitude's id-0 rule shows; the email-only people have no id to assign
+    assert assignments["0"] == "treatment" and not in_holdout("0")
+    assert set(assignments) == {p.id for p in scenario.people if p.id is not None}
 
 
 def test_every_person_has_their_own_email_and_ids() -> None:
@@ -266,9 +299,50 @@ def test_orders_follow_a_converted_journey_after_its_click_or_come_on_their_own_
             assert click["timestamp"] * 1000 < order.timestamp_ms <= body["timestamp"] * 1000
             assert order.context["campaign"]["source"] == "customerio"
             assert order.context["campaign"]["medium"] == body["object_type"]
-        else:  # bought without any message
-            assert person in held and "campaign" not in order.context
+        else:  # bought on their own, when the plan said, with no campaign
+            assert order.timestamp_ms == scenario.plans[person].own_order_at * 1000  # type: ignore[operator]
+            assert "campaign" not in order.context
     assert converted and any(p in held for p in orders)
+
+
+def test_every_shopper_does_what_their_plan_says(scenario: Scenario) -> None:
+    """Persuaded: a click, a conversion, an order with that click's campaign. On their own: an order
+    then, and no message after it (Customer.io's exit condition). Neither: no order at all."""
+    orders = {c.person: c for c in scenario.storefront if c.event == "Order Completed" and not c.resend}
+    hooks: dict[str, list[dict[str, object]]] = {}
+    for hook in scenario.webhooks:
+        hooks.setdefault(hook.person, []).append(hook.body)
+    for person in scenario.people:
+        plan = scenario.plans[person.key]
+        mine = hooks.get(person.key, [])
+        metrics = Counter(str(b["metric"]) for b in mine)
+        assert not (plan.persuaded and (person.holdout or plan.own_order_at is not None))
+        if plan.persuaded:
+            assert metrics["converted"] >= 1 and metrics["bounced"] == metrics["unsubscribed"] == 0
+            assert "campaign" in orders[person.key].context
+        else:
+            assert metrics["converted"] == 0
+        if plan.own_order_at is not None:
+            assert OWN_ORDER_AFTER[0] <= plan.own_order_at - plan.abandoned < OWN_ORDER_AFTER[1]
+            sent = [int(b["timestamp"]) for b in mine if b["metric"] == "sent"]  # type: ignore[call-overload]
+            assert all(at < plan.own_order_at for at in sent)
+        if not plan.persuaded and plan.own_order_at is None:
+            assert person.key not in orders
+
+
+def test_the_true_rates_are_what_the_plans_are_drawn_with() -> None:
+    """12 % buy on their own, held out or not; the journey persuades 1 in 11 of the rest of the
+    treated: 20 % of the treated buy. Checked over many shoppers, within four standard errors."""
+    scenario = build_scenario(3_000, seed=8, start=START)
+    plans = [(p, scenario.plans[p.key]) for p in scenario.people]
+    own = [plan.own_order_at is not None for _, plan in plans]
+    treated = [
+        plan.own_order_at is not None or plan.persuaded for person, plan in plans if not person.holdout
+    ]
+    for drawn, rate in ((own, BASE_RATE), (treated, TREATED_RATE)):
+        assert abs(sum(drawn) / len(drawn) - rate) < 4 * (rate * (1 - rate) / len(drawn)) ** 0.5
+    assert abs(PERSUADED_SHARE - 1 / 11) < 1e-12
+    assert not any(plan.persuaded for person, plan in plans if person.holdout)
 
 
 def test_app_users_identify_in_their_first_session_and_at_most_once_later(scenario: Scenario) -> None:

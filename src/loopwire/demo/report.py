@@ -11,14 +11,15 @@ from collections import Counter
 from typing import Any
 
 from loopwire.demo import wiring
+from loopwire.demo.experiment import amplitude_refused, experiment_section, is_holdout_trait
 from loopwire.demo.scenario import Scenario
 
 STATES = ("delivered", "skipped", "dead", "pending", "in_flight")
 SKIP_NOTES = {
     wiring.AMPLITUDE: (
-        "These are the email-only people (identifiers.id is null, no device): like Customer.io's "
-        "native integration, loopwire sends Amplitude nothing for a person with neither an id nor a "
-        "device id."
+        "The email-only people (identifiers.id is null, no device): like Customer.io's native "
+        "integration, loopwire sends Amplitude nothing for a person with neither an id nor a device id. "
+        'And the holdout trait of the id "0": Amplitude refuses it, and a trait has no email to stand in.'
     ),
     wiring.CUSTOMERIO: (
         "Guests (no user id) are skipped as Amplitude's stream skips anonymous events: with "
@@ -111,7 +112,7 @@ def _destination(name: str, status: dict[str, Any], seen: dict[str, Any]) -> dic
         "dead_letters": [
             {
                 "event_id": d["event_id"],
-                "event": d["name"] or f"{d['channel']} {d['metric']}",
+                "event": d["name"] or (f"{d['channel']} {d['metric']}" if d["channel"] else "identify"),
                 "attempts": d["attempts"],
                 "reason": d["reason"],
                 "response": (d["response"] or "")[:300],
@@ -147,6 +148,9 @@ def build_report(
     cio_ops: list[dict[str, Any]] = observed["customerio_operations"]
     seg_messages: list[dict[str, Any]] = observed["segment_messages"]
     want = CioExpected(scenario)
+    # loopwire's engine writes one identify per assigned id (the trait holdout_cart_journey), and it
+    # routes to every destination like any other event.
+    assigned = len(expected.assignments)
 
     # Amplitude: the app's events must arrive exactly as the SDK sent them.
     app_bodies: dict[str, dict[str, Any]] = observed["app_bodies"]
@@ -181,7 +185,9 @@ def build_report(
     held_emails = {p.email for p in held}
     held_webhooks = sum(w.person in held_keys for w in scenario.webhooks)
     held_amplitude = sum(
-        e.get("user_id") in held_ids for e in amp_events if e.get("insert_id") not in app_bodies
+        e.get("user_id") in held_ids
+        for e in amp_events
+        if e.get("insert_id") not in app_bodies and not is_holdout_trait(e)
     )
     held_segment = sum(
         ((m.get("context") or {}).get("traits") or {}).get("email") in held_emails for m in seg_messages
@@ -197,6 +203,7 @@ def build_report(
     def settled(dest: dict[str, Any]) -> bool:
         return dest["pending"] + dest["in_flight"] == 0 and observed["settled"] is True
 
+    lift, lift_checks = experiment_section(scenario, observed, dead_ids)
     checks = {
         "every webhook was answered 200": hooks["refused"] == 0,
         "webhooks: accepted = distinct events, duplicates = redeliveries": (
@@ -213,23 +220,25 @@ def build_report(
             and ingest["amplitude"]["accepted"] == expected.app_events
             and ingest["amplitude"]["duplicates"] == expected.app_resends
         ),
-        "the log holds each event once": (
-            status["events"] == expected.events + expected.store_messages + expected.app_events
+        "the log holds each event once (and one holdout trait per assigned id)": (
+            status["events"] == expected.events + expected.store_messages + expected.app_events + assigned
         ),
         "delivery settled everywhere (nothing pending or in flight)": all(settled(d) for d in dests.values()),
-        "amplitude took every Customer.io and app event: delivered + skipped + dead": (
-            amp["routed"] == expected.events + expected.app_events
+        "amplitude took every Customer.io, app and holdout-trait event: delivered + skipped + dead": (
+            amp["routed"] == expected.events + expected.app_events + assigned
             and amp["delivered"] + amp["skipped"] + amp["dead"] == amp["routed"]
         ),
-        "amplitude skipped = the email-only people's events": amp["skipped"] == expected.skipped,
+        "amplitude skipped = the email-only people's events, and the trait of id 0": (
+            amp["skipped"] == expected.skipped + len(amplitude_refused(scenario))
+        ),
         "amplitude dead-lettered = the one event the sandbox refused": amp["dead"] == expected_dead,
         "Amplitude holds each delivered event once": len(amp_events) == amp["delivered"],
         "the app's events reached Amplitude unchanged (all but a dead letter)": (
             unchanged == len(forwarded) == expected.app_events - app_dead
         ),
-        "customerio took the selected events and every user update: delivered + skipped": (
-            cio["routed"] == want.routed
-            and cio["delivered"] == want.delivered
+        "customerio took the selected events, every user update and holdout trait: delivered + skipped": (
+            cio["routed"] == want.routed + assigned
+            and cio["delivered"] == want.delivered + assigned
             and cio["skipped"] == want.skipped
             and cio["dead"] == 0
         ),
@@ -241,14 +250,15 @@ def build_report(
         "guests' events were skipped (no user id: no Customer.io identifier)": (
             _skipped(cio, ANONYMOUS) == want.anonymous
         ),
-        "identify only when a selected property changed": (
-            operations["identify"] == want.identifies and _skipped(cio, UNCHANGED) == want.unchanged
+        "identify only when a selected property changed (plus one per holdout trait)": (
+            operations["identify"] == want.identifies + assigned
+            and _skipped(cio, UNCHANGED) == want.unchanged
         ),
         "Customer.io holds each person's latest email, first name and plan": all(
             holds(user_id, values) for user_id, values in want.people.items()
         ),
-        "segment took every Customer.io event, and Segment holds each once": (
-            seg["routed"] == seg["delivered"] == expected.events
+        "segment took every Customer.io event and holdout trait, and Segment holds each once": (
+            seg["routed"] == seg["delivered"] == expected.events + assigned
             and len(seg_messages) == seg["delivered"]
             and not observed["segment_dropped"]
         ),
@@ -256,6 +266,7 @@ def build_report(
             held_webhooks == 0 and held_amplitude == 0 and held_segment == 0
         ),
         "the holdout's own shopping still reached Customer.io": len(held_checkouts) == held_customers,
+        **lift_checks,
     }
     return {
         "ok": all(checks.values()),
@@ -274,10 +285,18 @@ def build_report(
             "app_by_event": expected.by_app_event,
             "orders": len(orders),
             "orders_after_a_click": sum("campaign" in c.context for c in orders),
+            "orders_on_their_own": sum("campaign" not in c.context for c in orders),
             "orders_by_guests": sum(c.user_id is None for c in orders),
         },
         "inputs": _inputs(hooks, shop, app, ingest),
-        "log": {"events": status["events"], "by_source": {k: v["accepted"] for k, v in ingest.items()}},
+        "log": {
+            "events": status["events"],
+            "by_source": {
+                **{k: v["accepted"] for k, v in ingest.items()},
+                # loopwire's own events: what the log holds beyond the inputs (the holdout traits)
+                "loopwire": status["events"] - sum(v["accepted"] for v in ingest.values()),
+            },
+        },
         "destinations": {
             wiring.AMPLITUDE: {
                 **amp,
@@ -308,7 +327,9 @@ def build_report(
                 **seg,
                 "sandbox": {
                     "messages": len(seg_messages),
-                    "by_event": dict(Counter(str(m.get("event")) for m in seg_messages).most_common()),
+                    "by_event": dict(
+                        Counter(str(m.get("event") or m.get("type")) for m in seg_messages).most_common()
+                    ),
                     "dropped": len(observed["segment_dropped"]),
                 },
             },
@@ -325,6 +346,7 @@ def build_report(
         "examples": _examples(amp_events, app_bodies, cio_ops, seg_messages),
         "checks": checks,
         "folder": folder,
+        "lift": lift,
     }
 
 
@@ -372,6 +394,14 @@ def _examples(
         "app (Amplitude SDK) → Amplitude, unchanged": _first(app_in_amplitude, event_type="App Opened"),
         "storefront (Segment library) → Customer.io": _first(cio_ops, action="event", name="Order Completed"),
         "app (Amplitude SDK) → Customer.io": plan_update,
+        "loopwire's holdout assignment → Customer.io": next(
+            (
+                op
+                for op in cio_ops
+                if op.get("action") == "identify" and wiring.HOLDOUT_TRAIT in op["attributes"]
+            ),
+            None,
+        ),
         "Customer.io webhooks → Segment": _first(seg_messages, event="Email Link Clicked"),
     }
     return {flow: example for flow, example in found.items() if example is not None}

@@ -4,16 +4,17 @@ In: Customer.io's signed reporting webhooks, the storefront's Segment library an
 SDK, all as real HTTP to loopwire's own endpoints. Out: the Amplitude, Customer.io and Segment
 sandboxes, which check what they get as the vendors do. Only the vendors are stand-ins.
 
-The calls are played in three rounds, each settled (nothing pending or in flight) before the next:
+The calls are played in three rounds, each settled (loopwire's engine has read the whole log, and
+nothing is pending or in flight) before the next:
 1. before the journey: the storefront's sign-ins, product views and abandoned checkouts;
 2. the app's first sessions (who the user is, their plan);
 3. the journey: Customer.io's webhooks, the orders, the app's later sessions.
 A person's rounds follow their own timeline. Settling between rounds makes "identify only when a
 selected property changed" deterministic: each update is compared with what Customer.io has already
-accepted, never with an update still in flight.
+accepted, never with an update still in flight (the engine's holdout trait included).
 
-The report is read back from loopwire (`runtime.status()`, its metrics) and from the sandboxes, then
-checked against the scenario (`report.build_report`).
+The report is read back from loopwire (`runtime.status()`, its metrics, the experiment's assignments
+and `lift_report`) and from the sandboxes, then checked against the scenario (`report.build_report`).
 """
 
 from __future__ import annotations
@@ -32,19 +33,25 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from loopwire.analysis.inputs import lift_report
+from loopwire.analysis.report import render_html, to_json
 from loopwire.app import Runtime, create_app
+from loopwire.audiences.engine import CURSOR as ENGINE_CURSOR
 from loopwire.config import load_config
 from loopwire.demo import wiring
 from loopwire.demo.render import print_report
 from loopwire.demo.report import build_report
-from loopwire.demo.scenario import DURATION, HOLDOUT_SHARE, build_scenario
+from loopwire.demo.scenario import DURATION, EXPERIMENT_ID, HOLDOUT_SHARE, build_scenario
 from loopwire.demo.senders import App, Storefront, missing_sdks, send_webhooks
 from loopwire.demo.servers import Tap, serve_in_thread
 from loopwire.sandbox.amplitude import AmplitudeSandbox
 from loopwire.sandbox.customerio import CustomerioSandbox
 from loopwire.sandbox.segment import SegmentSandbox
+from loopwire.store import Store
+from loopwire.store import experiments as experiment_queries
 
 SETTLE_TIMEOUT = 60.0  # seconds to wait for delivery to settle, per round, before reporting what is left
+ASSIGN_TIMEOUT = 30.0  # seconds to wait for the engine to have assigned every person with an id
 SOURCES = {"customerio": "customerio_webhooks", "segment": "segment_api", "amplitude": "amplitude_api"}
 
 
@@ -110,7 +117,8 @@ def run_demo(people: int, seed: int, keep: Path | None, progress: bool, console:
         e = scenario.expected
         console.print(
             f"[bold]loopwire demo[/bold]: {e.people} shoppers abandon a cart (SMS after 1 h, email after"
-            f" 20 h, last-call email after 48 h; {HOLDOUT_SHARE:.0%} held out). In: {e.store_calls}"
+            f" 20 h, last-call email after 48 h; {HOLDOUT_SHARE:.0%} held out by loopwire's experiment"
+            f" `{EXPERIMENT_ID}`). In: {e.store_calls}"
             f" storefront calls (Segment library), {e.app_calls} app events (Amplitude SDK),"
             f" {e.webhooks} Customer.io webhooks. Out: Amplitude, Customer.io, Segment.",
             highlight=False,
@@ -151,6 +159,12 @@ def run_demo(people: int, seed: int, keep: Path | None, progress: bool, console:
             storefront.send([c for c in scenario.storefront if c.round == 3], tick("segment"))
             mobile.send([e for e in scenario.app if e.round == 3], tick("amplitude"))
             status, settled3 = settle()
+        assignments = _await_assignments(runtime.store, set(scenario.expected.assignments), ASSIGN_TIMEOUT)
+        lift = lift_report(runtime.store, EXPERIMENT_ID, config.experiments[EXPERIMENT_ID])
+        html_path = None
+        if keep is not None:
+            html_path = folder / wiring.LIFT_HTML
+            html_path.write_text(render_html(lift))
         observed = {
             "status": status,
             "settled": settled and settled2 and settled3,
@@ -160,6 +174,9 @@ def run_demo(people: int, seed: int, keep: Path | None, progress: bool, console:
             "app_bodies": dict(mobile.bodies),
             "ingest": _ingest_counts(runtime),
             "destinations": {name: _delivery(runtime, name) for name in wiring.DESTINATIONS},
+            "assignments": assignments,
+            "lift": to_json(lift),
+            "lift_html": str(html_path) if html_path is not None else None,
             **boxes.observe(),
         }
         # leaving the block stops the SDK clients, loopwire (couriers, HTTP client, store), the sandboxes
@@ -191,12 +208,19 @@ def _bars(console: Console, show: bool) -> Iterator[Progress]:
         yield bars
 
 
+def _engine_done(store: Store) -> bool:
+    """Has loopwire's engine read the whole log (and so assigned everyone and written their traits)?"""
+    return not store.scan_events(0, experiment_queries.cursor(store, ENGINE_CURSOR), 1)
+
+
 def _settle(
     runtime: Runtime, timeout: float, bars: Progress, tasks: dict[str, TaskID]
 ) -> tuple[dict[str, Any], bool]:
-    """Poll until no row of any destination is pending or in flight (or `timeout` passes)."""
+    """Poll until the engine has read the whole log and no row of any destination is pending or in
+    flight (or `timeout` passes). The engine is asked first: what it writes is routed as it is logged."""
     deadline = time.monotonic() + timeout
     while True:
+        engine_done = _engine_done(runtime.store)
         status = runtime.status()
         busy = False
         for name, task in tasks.items():
@@ -204,10 +228,20 @@ def _settle(
             done = sum(states.get(s, 0) for s in ("delivered", "skipped", "dead"))
             busy = busy or states.get("pending", 0) > 0 or states.get("in_flight", 0) > 0
             bars.update(task, completed=done, total=sum(states.values()))
-        if not busy:
+        if engine_done and not busy:
             return status, True
         if time.monotonic() > deadline:
             return status, False
+        time.sleep(0.05)
+
+
+def _await_assignments(store: Store, user_ids: set[str], timeout: float) -> list[tuple[str, str, int]]:
+    """The experiment's assignments once they hold every one of `user_ids` (or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = experiment_queries.assignments(store, EXPERIMENT_ID)
+        if user_ids <= {user_id for user_id, _, _ in rows} or time.monotonic() > deadline:
+            return rows
         time.sleep(0.05)
 
 

@@ -4,11 +4,21 @@ Pure and seeded: the same `(people, seed, start)` gives the same bodies, byte fo
 
 The journey is seed 000's: a shopper abandons a cart; an SMS goes out after 1 h (to shoppers with a
 phone number), an email after 20 h and a "last call" email after 48 h. A shopper who clicks and then
-buys converts and leaves the journey; a hard bounce or an unsubscribe ends it too. A 10 % holdout,
-chosen from the person's id (the same person always lands in the same group), gets nothing, so
-Customer.io reports nothing for them. Opens come as Customer.io reports them with "first occurrence
-only" (the default): one open per message, Apple Mail Privacy Protection opens flagged `prefetched`
-and `proxied`, an open inferred from a click flagged `synthetic`.
+buys converts and leaves the journey; so does one who buys on their own (Customer.io's exit
+condition), and a hard bounce or an unsubscribe ends it too. The 10 % holdout is loopwire's
+experiment `cart_journey`: the group is `loopwire.audiences.holdouts.assign(user id, salt, 10)`, the
+very function loopwire's engine applies, so the journey (which branches on the holdout attribute)
+and loopwire's stored assignment agree. A held-out shopper gets nothing, so Customer.io reports
+nothing for them. People without a user id are not in the experiment and get the journey. Opens come
+as Customer.io reports them with "first occurrence only" (the default): one open per message, Apple
+Mail Privacy Protection opens flagged `prefetched` and `proxied`, an open inferred from a click
+flagged `synthetic`.
+
+The scenario has a known true lift. Every shopper buys on their own with probability `BASE_RATE`
+(12 %), at a random moment within 13 days of abandoning, messages or not. Of the treated shoppers who
+would not, the journey persuades `PERSUADED_SHARE` (1 in 11): they click a message and buy. So a
+treated shopper buys with probability `TREATED_RATE` (20 %), a held-out one with 12 %: the journey
+causes +8 percentage points, +66.7 %. Every draw is seeded.
 
 People who exercise the mapping's identity rules are mixed in: a few profiles with customer id `"0"`
 (Amplitude refuses that id, so their email stands in) and a few email-only leads (`identifiers.id` is
@@ -21,7 +31,6 @@ from a random stream of their own, so they never change a seed's webhooks.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import Counter
 from typing import Any, Literal
@@ -29,18 +38,28 @@ from typing import Any, Literal
 import msgspec
 from ulid import ULID
 
+from loopwire.audiences.holdouts import Group, assign
 from loopwire.demo.shop import AppEvent, StoreCall, shop_activity
 
 HOUR = 3600
-HOLDOUT_SHARE = 0.10
-HOLDOUT_SALT = "cart_abandon_v1"  # a new salt draws a new holdout; keep it for the life of a test
+DAY = 24 * HOUR
+EXPERIMENT_ID = "cart_journey"  # loopwire's experiment (demo.yaml); the trait is holdout_cart_journey
+HOLDOUT_PERCENT = 10.0
+HOLDOUT_SHARE = HOLDOUT_PERCENT / 100
+# A new salt draws a new holdout; keep it for the life of a test. With this one, the placeholder id
+# "0" (shared by the zero-id profiles) is in treatment, so the demo shows Amplitude's id-0 rule.
+HOLDOUT_SALT = "cart_abandon_v1"
+BASE_RATE = 0.12  # shoppers who buy on their own within 13 days of abandoning, messaged or not
+TREATED_RATE = 0.20  # treated shoppers who buy: on their own, or persuaded by the journey
+PERSUADED_SHARE = (TREATED_RATE - BASE_RATE) / (1 - BASE_RATE)  # of treated shoppers who would not buy
+OWN_ORDER_AFTER = (2 * HOUR, 13 * DAY)  # an order on their own comes this long after the checkout
 CAMPAIGN_ID = 87
 SMS_ACTION, EMAIL_ACTION, LAST_CALL_ACTION = 301, 302, 305
 SHOP = "https://shop.example.com"
 SUBJECT = "You left something behind"
 LAST_CALL_SUBJECT = "Last call: your cart expires tonight"
 SPAN = 20 * HOUR  # carts are abandoned over this long, from `start`
-DURATION = SPAN + 56 * HOUR  # every event of the journey happens before start + DURATION
+DURATION = SPAN + OWN_ORDER_AFTER[1]  # every event happens before start + DURATION (the journey: 56 h)
 
 _FIRST = ("ada", "grace", "alan", "linus", "maya", "omar", "lena", "kenji", "sofia", "noah", "ines", "ravi")
 _LAST = ("lovelace", "hopper", "turing", "okafor", "silva", "novak", "tanaka", "haddad", "berg", "moreau")
@@ -65,7 +84,15 @@ class Person(msgspec.Struct, frozen=True):
     cio_id: str
     phone: str | None  # None: no SMS consent, so no SMS step
     kind: Kind
-    holdout: bool
+    holdout: bool  # held out of the journey: their id is in the experiment's holdout
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """What a shopper does, drawn before anything is sent (unix seconds)."""
+
+    abandoned: int  # the checkout that starts the journey
+    own_order_at: int | None  # they buy on their own then (BASE_RATE), messaged or not
+    persuaded: bool  # treated, would not buy on their own, and the journey wins them: click, then buy
 
 
 class Webhook(msgspec.Struct, frozen=True):
@@ -95,20 +122,26 @@ class Expected(msgspec.Struct, frozen=True):
     app_resends: int
     by_store_event: dict[str, int]  # "identify", "Product Viewed", ... → distinct messages
     by_app_event: dict[str, int]  # "$identify", "App Opened" → distinct events
+    assignments: dict[str, Group]  # every user id loopwire sees → its experiment group
 
 
 class Scenario(msgspec.Struct, frozen=True):
     people: list[Person]
+    plans: dict[str, Plan]  # by Person.key
     webhooks: list[Webhook]
     storefront: list[StoreCall]  # in sending order: by round, then time
     app: list[AppEvent]
     expected: Expected
 
 
-def in_holdout(key: str, share: float = HOLDOUT_SHARE, salt: str = HOLDOUT_SALT) -> bool:
-    """Deterministic assignment: the first 8 bytes of sha256(salt:key) as a fraction of 2^64."""
-    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < share * 2**64
+def group_of(user_id: str) -> Group:
+    """The experiment group of a user id: loopwire's own rule (docs/lift.md), not a copy of it."""
+    return assign(user_id, HOLDOUT_SALT, HOLDOUT_PERCENT)
+
+
+def in_holdout(user_id: str | None) -> bool:
+    """Is this person held out of the journey? Only a person with a user id is in the experiment."""
+    return user_id is not None and group_of(user_id) == "holdout"
 
 
 def build_scenario(people: int, seed: int, start: int) -> Scenario:
@@ -117,14 +150,12 @@ def build_scenario(people: int, seed: int, start: int) -> Scenario:
         raise ValueError("people must be at least 1")
     rng = random.Random(seed)
     persons = _people(rng, people)
+    plans = {person.key: _plan(rng, person, start) for person in persons}
     bodies: list[tuple[dict[str, Any], str]] = []
-    abandoned: dict[str, int] = {}
     journeys: dict[str, list[dict[str, Any]]] = {}
     for person in persons:
         if not person.holdout:
-            journey = _Journey(rng, person, start)
-            abandoned[person.key] = journey.abandoned
-            journeys[person.key] = journey.play()
+            journeys[person.key] = _Journey(rng, person, plans[person.key]).play()
             bodies.extend((body, person.key) for body in journeys[person.key])
     bodies.sort(key=lambda item: (item[0]["timestamp"], item[0]["event_id"]))
     webhooks = [Webhook(body, key) for body, key in bodies]
@@ -134,8 +165,16 @@ def build_scenario(people: int, seed: int, start: int) -> Scenario:
     for index in reversed(chosen):
         body, key = bodies[index]
         webhooks.insert(min(len(webhooks), index + 1 + rng.randrange(5, 40)), Webhook(body, key, True))
-    storefront, app = shop_activity(persons, abandoned, journeys, seed, start, SPAN, start + DURATION)
-    return Scenario(persons, webhooks, storefront, app, _expect(persons, webhooks, storefront, app))
+    storefront, app = shop_activity(persons, plans, journeys, seed, start, start + DURATION)
+    return Scenario(persons, plans, webhooks, storefront, app, _expect(persons, webhooks, storefront, app))
+
+
+def _plan(rng: random.Random, person: Person, start: int) -> Plan:
+    abandoned = start + rng.randrange(SPAN)
+    own = rng.random() < BASE_RATE
+    own_order_at = abandoned + rng.randrange(*OWN_ORDER_AFTER) if own else None
+    persuaded = not person.holdout and not own and rng.random() < PERSUADED_SHARE
+    return Plan(abandoned, own_order_at, persuaded)
 
 
 def _people(rng: random.Random, count: int) -> list[Person]:
@@ -153,17 +192,24 @@ def _people(rng: random.Random, count: int) -> list[Person]:
         has_phone = kind == "customer" and rng.random() < 0.7
         phone = f"+1555{rng.randrange(10**6, 10**7)}" if has_phone else None
         key = person_id if kind == "customer" and person_id is not None else cio_id
-        persons.append(Person(key, person_id, email, cio_id, phone, kind, in_holdout(key)))
+        persons.append(Person(key, person_id, email, cio_id, phone, kind, in_holdout(person_id)))
     return persons
 
 
 class _Journey:
-    """One shopper's path through the campaign; `play()` returns their webhook bodies."""
+    """One treated shopper's path through the campaign; `play()` returns their webhook bodies.
 
-    def __init__(self, rng: random.Random, person: Person, start: int) -> None:
+    A persuaded shopper clicks one of the messages they get (chosen up front) and buys after the
+    click; their messages before it neither bounce nor unsubscribe, so the persuasion the plan drew
+    always happens. Other clicks convert nobody. A shopper who buys on their own leaves the journey
+    then: no message is sent after their order.
+    """
+
+    def __init__(self, rng: random.Random, person: Person, plan: Plan) -> None:
         self.rng = rng
         self.person = person
-        self.abandoned = start + rng.randrange(SPAN)
+        self.plan = plan
+        self.abandoned = plan.abandoned
         self.common: dict[str, Any] = {
             "customer_id": person.id if person.id is not None else "",
             "identifiers": {"id": person.id, "email": person.email, "cio_id": person.cio_id},
@@ -172,6 +218,8 @@ class _Journey:
             "trigger_event_id": self._ulid(self.abandoned),  # the shop's cart_abandoned event
         }
         self.out: list[dict[str, Any]] = []
+        steps = (SMS_ACTION,) * (person.phone is not None) + (EMAIL_ACTION, LAST_CALL_ACTION)
+        self.persuading = rng.choice(steps) if plan.persuaded else None  # the step whose click converts
 
     def play(self) -> list[dict[str, Any]]:
         if self.person.phone is not None and self._sms():
@@ -180,6 +228,14 @@ class _Journey:
             return self.out
         self._email(LAST_CALL_ACTION, LAST_CALL_SUBJECT, 48 * HOUR, last_call=True)
         return self.out
+
+    def _bought_by(self, at: int) -> bool:
+        """Has the shopper bought on their own by `at`? Customer.io's exit condition then ends it."""
+        return self.plan.own_order_at is not None and self.plan.own_order_at <= at
+
+    def _may_fail(self) -> bool:
+        """A persuaded shopper's messages up to the persuading one reach them (no bounce, no unsubscribe)."""
+        return self.persuading is None
 
     def _ulid(self, seconds: int) -> str:
         return str(ULID.from_bytes((seconds * 1000).to_bytes(6, "big") + self.rng.randbytes(10)))
@@ -202,19 +258,22 @@ class _Journey:
         """The 1 h SMS; True when the journey ends here (the shopper bought)."""
         rng = self.rng
         at = self.abandoned + HOUR + rng.randrange(60)
+        if self._bought_by(at):
+            return True
+        persuades = self.persuading == SMS_ACTION
         fields = {"delivery_id": self._delivery_id(), "action_id": SMS_ACTION, "recipient": self.person.phone}
         self._emit("sms", "sent", at, fields)
         at += rng.randrange(2, 30)
-        if rng.random() < 0.04:
+        if rng.random() < 0.04 and self._may_fail():
             self._emit("sms", "bounced", at, {**fields, "failure_message": rng.choice(_SMS_FAILURES)})
             return False
         self._emit("sms", "delivered", at, fields)
-        if rng.random() >= 0.14:
+        if rng.random() >= 0.14 and not persuades:
             return False
         at += rng.randrange(60, 90 * 60)
         href, link_id = self._link("sms", SMS_ACTION)
         self._emit("sms", "clicked", at, {**fields, "href": href, "link_id": link_id})
-        if rng.random() >= 0.35:
+        if not persuades:
             return False
         self._emit("sms", "converted", at + rng.randrange(5 * 60, HOUR), fields)
         return True
@@ -223,6 +282,9 @@ class _Journey:
         """One email step; True when the journey ends here (bought, bounced or unsubscribed)."""
         rng = self.rng
         at = self.abandoned + delay + rng.randrange(120)
+        if self._bought_by(at):
+            return True
+        persuades = self.persuading == action
         fields = {
             "delivery_id": self._delivery_id(),
             "action_id": action,
@@ -231,7 +293,8 @@ class _Journey:
         }
         self._emit("email", "sent", at, fields)
         at += rng.randrange(1, 20)
-        if not last_call and rng.random() < 0.04:  # a hard bounce suppresses the address from then on
+        # a hard bounce suppresses the address from then on
+        if not last_call and rng.random() < 0.04 and self._may_fail():
             self._emit("email", "bounced", at, {**fields, "failure_message": rng.choice(_BOUNCES)})
             return True
         self._emit("email", "delivered", at, fields)
@@ -241,17 +304,17 @@ class _Journey:
             flags = {"proxied": True, "prefetched": True, "synthetic": False}
             self._emit("email", "opened", at + rng.randrange(1, 120), {**fields, **flags})
             opened = True
-        human_open = rng.random() < 0.30
+        human_open = rng.random() < 0.30 or persuades
         if human_open:
             seen = at + rng.randrange(5 * 60, 6 * HOUR)
             if not opened:  # "first occurrence only": a human open after an MPP fetch is not reported
                 flags = {"proxied": False, "prefetched": False, "synthetic": False}
                 self._emit("email", "opened", seen, {**fields, **flags})
                 opened = True
-        if last_call and rng.random() < 0.03:
+        if last_call and rng.random() < 0.03 and self._may_fail():
             self._emit("email", "unsubscribed", seen + rng.randrange(30, 600), fields)
             return True
-        if rng.random() >= (0.35 if human_open else 0.04):
+        if rng.random() >= (0.35 if human_open else 0.04) and not persuades:
             return False
         at = seen + rng.randrange(20, 30 * 60)
         if not opened:  # a click proves an open the pixel missed
@@ -259,7 +322,7 @@ class _Journey:
             self._emit("email", "opened", at, {**fields, **flags})
         href, link_id = self._link("email", action)
         self._emit("email", "clicked", at, {**fields, "href": href, "link_id": link_id, "machine": False})
-        if rng.random() >= 0.30:
+        if not persuades:
             return False
         self._emit("email", "converted", at + rng.randrange(5 * 60, HOUR), fields)
         return True
@@ -272,6 +335,11 @@ def _expect(
     calls = [c for c in storefront if not c.resend]
     events = [e for e in app if not e.resend]
     email_only = {p.key for p in persons if p.kind == "email_only"}
+    # loopwire's engine assigns every user id it sees: the signed-in customers (the storefront), and
+    # the placeholder id "0" of the zero-id profiles when Customer.io reports on them (their storefront
+    # calls are a guest's). A person with no id is never assigned.
+    seen = {c.user_id for c in calls} | {e.user_id for e in events}
+    seen |= {w.body["data"]["identifiers"]["id"] for w in originals}
     return Expected(
         people=len(persons),
         holdout=sum(p.holdout for p in persons),
@@ -291,4 +359,5 @@ def _expect(
         app_resends=len(app) - len(events),
         by_store_event=dict(Counter(c.event or c.call for c in calls)),
         by_app_event=dict(Counter(e.event_type for e in events)),
+        assignments={user_id: group_of(user_id) for user_id in sorted(i for i in seen if i is not None)},
     )

@@ -9,9 +9,10 @@ Storefront (the shop's server-side Segment library):
   products). That checkout is what starts the Customer.io journey.
 - Shoppers who are not signed-in customers (the profiles with customer id "0" and the email-only
   leads) check out as guests: an `anonymousId` and the email typed at checkout in `context.traits`.
-- A shopper whose journey converted placed an `Order Completed` shortly before Customer.io
-  reported the conversion, after a message click: the order carries that click's UTM campaign in
-  `context.campaign`. Some held-out shoppers come back and buy on their own (no campaign).
+- A shopper the journey persuaded placed an `Order Completed` shortly before Customer.io reported
+  the conversion, after a message click: the order carries that click's UTM campaign in
+  `context.campaign`. A shopper who buys on their own (held out or not; the scenario's `Plan` says
+  when) places an order with no campaign.
 
 App (the Amplitude SDK, signed-in customers only, about half of them):
 - The first session identifies the user (`$identify` setting `email` and `plan`) and sends
@@ -36,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 if TYPE_CHECKING:
-    from loopwire.demo.scenario import Person
+    from loopwire.demo.scenario import Person, Plan
 
 HOUR = 3600
 SHOP = "https://shop.example.com"
@@ -44,7 +45,6 @@ CURRENCY = "USD"
 APP_SHARE = 0.5  # signed-in customers who use the app
 PLUS_SHARE = 0.2  # app users already on the `plus` plan
 UPGRADE_SHARE = 0.3  # app users on `free` with a later session who upgrade in it
-ORGANIC_ORDER_SHARE = 0.12  # held-out shoppers who come back and buy without any message
 RESEND_SHARE = 0.02  # calls the library sends twice (same id), at least one per input
 
 # (product_id, sku, name, category, price)
@@ -99,28 +99,24 @@ class AppEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 def shop_activity(
     persons: Sequence[Person],
-    abandoned: Mapping[str, int],
+    plans: Mapping[str, Plan],
     journeys: Mapping[str, Sequence[dict[str, Any]]],
     seed: int,
     start: int,
-    span: int,
     end: int,
 ) -> tuple[list[StoreCall], list[AppEvent]]:
     """Storefront calls and app events, each list in sending order (by round, then time).
 
-    `abandoned` is when each messaged person's cart was abandoned (the journey's start), `journeys`
-    their webhook bodies; held-out people abandon theirs within `span` of `start` too. Everything
-    happens before `end`.
+    `plans` say when each person abandoned their cart and whether they buy on their own, `journeys`
+    hold the messaged people's webhook bodies. Everything happens before `end`.
     """
     rng = random.Random(f"loopwire-demo-shop:{seed}")
     calls: list[StoreCall] = []
     events: list[AppEvent] = []
     for person in persons:
-        at = abandoned.get(person.key)
-        if at is None:
-            at = start + rng.randrange(span)
-        shopper = _Shopper(rng, person, at)
-        calls.extend(shopper.storefront(journeys.get(person.key, ()), end))
+        plan = plans[person.key]
+        shopper = _Shopper(rng, person, plan.abandoned)
+        calls.extend(shopper.storefront(journeys.get(person.key, ()), plan.own_order_at, end))
         if person.kind == "customer" and rng.random() < APP_SHARE:
             events.extend(shopper.app(start, end))
     calls = _with_resends(rng, sorted(calls, key=lambda c: (c.round, c.timestamp_ms, c.message_id)))
@@ -157,7 +153,9 @@ class _Shopper:
             context={**self.guest_context, **context},
         )
 
-    def storefront(self, journey: Sequence[dict[str, Any]], end: int) -> list[StoreCall]:
+    def storefront(
+        self, journey: Sequence[dict[str, Any]], own_order_at: int | None, end: int
+    ) -> list[StoreCall]:
         rng, person = self.rng, self.person
         at = (self.abandoned - rng.randrange(10 * 60, 3 * HOUR)) * 1000
         out: list[StoreCall] = []
@@ -203,7 +201,7 @@ class _Shopper:
         }
         checkout = {**cart, "cart_url": f"{SHOP}/cart/recover?cart={cart_id}"}
         out.append(self._track(1, "Checkout Started", self.abandoned * 1000, checkout))
-        order_at, campaign = self._order_time(journey, end)
+        order_at, campaign = self._order_time(journey, own_order_at, end)
         if order_at is not None:
             order = {
                 "order_id": f"ord_{rng.getrandbits(40):010x}",
@@ -217,7 +215,9 @@ class _Shopper:
             out.append(self._track(3, "Order Completed", order_at, order, **extra))
         return out
 
-    def _order_time(self, journey: Sequence[dict[str, Any]], end: int) -> tuple[int | None, dict[str, str]]:
+    def _order_time(
+        self, journey: Sequence[dict[str, Any]], own_order_at: int | None, end: int
+    ) -> tuple[int | None, dict[str, str]]:
         """When the order was placed (ms), and the UTM campaign of the click that led to it."""
         rng = self.rng
         converted = next((b for b in journey if b["metric"] == "converted"), None)
@@ -229,9 +229,8 @@ class _Shopper:
             # Customer.io reports the conversion when the order event reaches it, seconds later.
             at = converted["timestamp"] - rng.randrange(2, 60)
             return max(at, click["timestamp"] + 1) * 1000, _campaign(click["data"]["href"])
-        if self.person.holdout and rng.random() < ORGANIC_ORDER_SHARE:
-            at = self.abandoned + rng.randrange(2 * HOUR, 48 * HOUR)
-            return min(at, end - 60) * 1000, {}
+        if own_order_at is not None:  # on their own: no campaign
+            return min(own_order_at, end - 60) * 1000, {}
         return None, {}
 
     def app(self, start: int, end: int) -> list[AppEvent]:

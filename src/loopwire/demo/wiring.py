@@ -9,6 +9,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from loopwire.demo.scenario import EXPERIMENT_ID, HOLDOUT_PERCENT, HOLDOUT_SALT
+
 SIGNING_ENV = "LOOPWIRE_DEMO_SIGNING_KEY"
 AMPLITUDE_ENV = (
     "LOOPWIRE_DEMO_AMPLITUDE_KEY"  # the app's Amplitude key: the app keeps it, loopwire forwards with it
@@ -18,6 +20,9 @@ SEGMENT_ENV = "LOOPWIRE_DEMO_SEGMENT_WRITE_KEY"  # the Segment source loopwire w
 CIO_SITE_ENV = "LOOPWIRE_DEMO_CIO_SITE_ID"
 CIO_KEY_ENV = "LOOPWIRE_DEMO_CIO_API_KEY"
 STORE_FILES = ("demo.db", "demo.db-wal", "demo.db-shm")
+LIFT_HTML = "lift.html"  # the self-contained lift report, written into the --keep folder
+HOLDOUT_TRAIT = f"holdout_{EXPERIMENT_ID}"  # what loopwire's engine exports to every destination
+EXPERIMENT_WINDOW = "14d"  # conversions counted after assignment; the scenario's orders fall within 13 days
 
 # Destination names in demo.yaml (and in the report).
 AMPLITUDE, CUSTOMERIO, SEGMENT = "amplitude", "customerio", "segment"
@@ -88,9 +93,9 @@ def write_config(folder: Path, urls: dict[str, str], env: dict[str, str], kept: 
       max_age: 45s
       timeout: 5s"""
     text = f"""\
-# Written by `loopwire demo`: the embedded default (one SQLite file), three inputs and three
-# destinations, each destination a local sandbox. Keys are random per run and read from the
-# environment (see demo.env).
+# Written by `loopwire demo`: the embedded default (one SQLite file), three inputs, three
+# destinations (each a local sandbox) and the journey's holdout experiment. Keys are random per run
+# and read from the environment (see demo.env).
 store:
   path: {store}
 sources:
@@ -137,6 +142,16 @@ destinations:
     batching:
       linger: 250ms
 {retry}
+experiments:
+  {EXPERIMENT_ID}:{" " * max(1, 27 - len(EXPERIMENT_ID))}# the journey's holdout: who gets no message, and the lift
+    name: Cart abandon journey
+    salt: {HOLDOUT_SALT}     # the scenario holds out with the same salt and rule
+    holdout_percent: {HOLDOUT_PERCENT:g}
+    conversion: Order Completed  # the storefront's orders (Segment library)
+    revenue_property: revenue
+    window: {EXPERIMENT_WINDOW}
+    # no `audience`: everyone with a user id is assigned when loopwire first sees them (their
+    # sign-in, before the checkout), and their group goes out as the trait {HOLDOUT_TRAIT}
 """
     path = folder / "demo.yaml"
     path.write_text(text)
