@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from loopwire.contracts.amplitude import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_EVENTS,
+    HTTPAPI_MAX_BYTES,
+    HTTPAPI_MAX_EVENTS,
+)
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Delivered, Outcome, Rejected, Retry, Split
 
@@ -21,36 +27,11 @@ HOSTS: Mapping[str, str] = {"us": "https://api2.amplitude.com", "eu": "https://a
 # §1 (HTTP V2, Batch Event Upload): same JSON body, same `options`, different limits (§3).
 PATHS: Mapping[str, str] = {"httpapi": "/2/httpapi", "batch": "/batch"}
 
-# §2.5: HTTP V2 takes "< 2,000" events and "< 1 MB" per request, else 413 (the newer text says
-# "up to 2,000"; we keep the stricter reading). §3: Batch takes 2,000 events and ≤ 20 MB.
-HTTPAPI_MAX_EVENTS = 1_999
-HTTPAPI_MAX_BYTES = 999_999
-BATCH_MAX_EVENTS = 2_000
-BATCH_MAX_BYTES = 20_000_000
-
+# The limits and the refused ids are Amplitude's contract, shared with the sandbox and the
+# Amplitude-compatible input (`loopwire.contracts.amplitude`, each value citing amplitude.md).
 MAX_STRING_CHARS = 1_024  # §2.2: string values (user_id, property values) are limited to 1,024 characters
-DEFAULT_MIN_ID_LENGTH = 5  # §2.4: shorter user_id/device_id are removed; nothing left → 400
 MAX_GROUP_TYPES = 5  # §2.2 / §2.5: 5 group types, 10 values per event; the rest is ignored
 MAX_GROUP_VALUES = 10
-# §2.4: ids Amplitude refuses with a 400. Compared lower-cased (see docs/mapping-amplitude.md).
-INVALID_IDS = frozenset(
-    {
-        "anonymous",
-        "nil",
-        "none",
-        "null",
-        "n/a",
-        "na",
-        "undefined",
-        "unknown",
-        "",
-        "00000000-0000-0000-0000-000000000000",
-        "{}",
-        "lmy47d",
-        "0",
-        "-1",
-    }
-)
 
 THROTTLE_DELAY_S = 30.0  # §2.6 429: "pause that user/device 30 s"; §6.3: the Python SDK waits 30 s
 # §2.5 / §3: the daily quota is 500,000 events per id per *rolling* 24 h with hourly granularity, so

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from loopwire.destinations.amplitude.api import DEFAULT_MIN_ID_LENGTH, INVALID_IDS, MAX_STRING_CHARS
+from loopwire.contracts.amplitude import DEFAULT_MIN_ID_LENGTH, INVALID_IDS
+from loopwire.destinations.amplitude.api import MAX_STRING_CHARS
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Skip
 from loopwire.model import Event

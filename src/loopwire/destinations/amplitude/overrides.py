@@ -1,24 +1,10 @@
-"""`loopwire map --set KEY=VALUE`: change `AmplitudeOptions` from the command line.
-
-    --set body_content=true --set naming.style=snake --set naming.prefix=cio_ --set channels=email,sms
-
-VALUE is read as a YAML scalar (`true`, `5`, `30s`, `null`); a dotted KEY reaches into a nested
-group (`naming.style`, `batching.max_events`); a list option takes comma-separated items (or a YAML
-list `[email, sms]`); a text option keeps VALUE as typed (`account_id=1` is the string "1"); an
-empty VALUE unsets an optional key. Errors are `ConfigError`s naming the key.
-"""
+"""`loopwire map --to amplitude`: the options it maps with (see `destinations/overrides.py` for `--set`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
-import msgspec.inspect as mi
-import yaml
-
 from loopwire.destinations.amplitude.options import AmplitudeOptions
-from loopwire.errors import ConfigError
-from loopwire.settings import Duration, Secret, dec_hook
+from loopwire.destinations.overrides import apply_struct_overrides
+from loopwire.settings import Secret
 
 
 def default_map_options() -> AmplitudeOptions:
@@ -26,103 +12,5 @@ def default_map_options() -> AmplitudeOptions:
     return AmplitudeOptions(api_key=Secret("map-only"), region="us")
 
 
-def _members(kind: mi.Type) -> tuple[mi.Type, ...]:
-    return kind.types if isinstance(kind, mi.UnionType) else (kind,)
-
-
-def _struct_fields(kind: mi.Type) -> dict[str, mi.Type] | None:
-    for member in _members(kind):
-        if isinstance(member, mi.StructType):
-            return {field.encode_name: field.type for field in member.fields}
-    return None
-
-
-def _accepts(kind: mi.Type, *types: type) -> bool:
-    return any(isinstance(member, types) for member in _members(kind))
-
-
-def _is_text(kind: mi.Type) -> bool:
-    return any(
-        isinstance(member, mi.StrType) or (isinstance(member, mi.CustomType) and member.cls is Secret)
-        for member in _members(kind)
-    )
-
-
-_ROOT = _struct_fields(mi.type_info(AmplitudeOptions)) or {}
-
-
-def _field_type(key: str) -> mi.Type:
-    fields = _ROOT
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        if part not in fields:
-            where = ".".join(parts[:depth])
-            known = ", ".join(sorted(f"{where}.{name}" if where else name for name in fields))
-            raise ConfigError(f"unknown key (known keys here: {known})", key=key)
-        kind = fields[part]
-        if depth == len(parts) - 1:
-            if _struct_fields(kind) is not None:
-                names = ", ".join(f"{key}.{name}" for name in sorted(_struct_fields(kind) or {}))
-                raise ConfigError(f"is a group of settings; set one of {names}", key=key)
-            return kind
-        nested = _struct_fields(kind)
-        if nested is None:
-            raise ConfigError(f"`{'.'.join(parts[: depth + 1])}` has no sub-keys", key=key)
-        fields = nested
-    raise ConfigError("empty key", key=key)
-
-
-def _value(key: str, text: str, kind: mi.Type) -> Any:
-    stripped = text.strip()
-    if stripped == "":
-        if _accepts(kind, mi.NoneType):
-            return None
-        if _is_text(kind):
-            return ""
-    list_type = next((m for m in _members(kind) if isinstance(m, mi.ListType)), None)
-    try:
-        parsed = yaml.safe_load(stripped)
-    except yaml.YAMLError:
-        parsed = stripped  # not YAML: take it as typed (msgspec decides whether it fits)
-    if list_type is not None and parsed is not None:
-        if isinstance(parsed, list):
-            return parsed
-        return [item.strip() for item in stripped.split(",") if item.strip()]
-    if isinstance(parsed, dict | list):
-        raise ConfigError(f"expected a single value, got {stripped!r}", key=key)
-    if parsed is not None and not isinstance(parsed, str) and _is_text(kind):
-        return stripped  # `account_id=1` means the text "1"
-    return parsed
-
-
-def _builtin(value: Any) -> Any:
-    if isinstance(value, Secret):
-        return value.reveal()
-    if isinstance(value, Duration):
-        return float(value)
-    raise NotImplementedError(type(value))
-
-
 def apply_overrides(options: AmplitudeOptions, assignments: list[str]) -> AmplitudeOptions:
-    """Each `KEY=VALUE` in order; the result is validated as a whole, like the config file."""
-    if not assignments:
-        return options
-    raw: dict[str, Any] = msgspec.to_builtins(options, enc_hook=_builtin)
-    result = options
-    for assignment in assignments:
-        key, equals, text = assignment.partition("=")
-        key = key.strip()
-        if not equals or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {assignment!r}", key=key or "(--set)")
-        value = _value(key, text, _field_type(key))
-        *parents, leaf = key.split(".")
-        target = raw
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-        try:
-            result = msgspec.convert(raw, AmplitudeOptions, dec_hook=dec_hook, str_keys=True)
-        except msgspec.ValidationError as exc:
-            message = str(exc).rpartition(" - at `")[0] or str(exc)
-            raise ConfigError(message, key=key) from None
-    return result
+    return apply_struct_overrides(options, assignments)
