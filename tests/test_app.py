@@ -282,3 +282,28 @@ def test_one_webhook_reaches_amplitude_and_segment(loopwire: Any, sandbox: Any) 
     assert message["event"] == "Email Delivered" and message["messageId"] == doc["event_id"]
     assert message["userId"] == "cust_000123"
     assert [e["event_type"] for e in box.events] == ["Email Delivered"]
+
+
+def test_429_with_retry_after_waits_as_told(loopwire: Any, sandbox: Any, clock: Clock) -> None:
+    box, sandbox_url = sandbox
+    fault(sandbox_url, {"status": 429, "retry_after": 120, "times": 1})
+    with loopwire() as (url, runtime):
+        send(url, webhook())
+        wait_until(lambda: box.requests, what="the throttled request")
+        wait_until(
+            lambda: runtime.store.counts()["amplitude"]["pending"] == 1, what="the retry to be scheduled"
+        )
+        due = runtime.store.next_due_ms("amplitude")
+        assert due is not None and due - clock() * 1000 > 100_000  # Retry-After: 120 s, not the 30 s default
+        clock.advance(121)
+        wait_until(lambda: delivered(runtime) == 1, what="delivery after Retry-After")
+    assert len(box.events) == 1
+
+
+def test_401_is_dead_lettered_not_retried(loopwire: Any, sandbox: Any) -> None:
+    box, sandbox_url = sandbox
+    fault(sandbox_url, {"status": 401, "times": 1})
+    with loopwire() as (url, runtime):
+        send(url, webhook())
+        wait_until(lambda: runtime.store.dead_letters("amplitude"), what="the dead letter")
+    assert [r["status"] for r in box.requests] == [401]
