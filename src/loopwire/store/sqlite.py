@@ -360,19 +360,11 @@ class _Append:
     def __init__(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> None:
         self.events = events
         self.routes = routes
-
-    def __call__(self, conn: sqlite3.Connection) -> list[bool]:
-        return _append_many(conn, [self])[0]
-
-
-def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[list[bool]]:
-    flat = [event for append in appends for event in append.events]
-    inserted: dict[str, int] = {}
-    for start in range(0, len(flat), _ROWS_PER_INSERT):
-        chunk = flat[start : start + _ROWS_PER_INSERT]
-        params: list[Any] = []
-        for e in chunk:
-            params += (
+        # The row values are built here, on the caller's thread, so the writer thread spends its
+        # time in SQLite (which lets go of the GIL) rather than in Python.
+        self.params: list[Any] = []
+        for e in events:
+            self.params += (
                 e.id,
                 e.source,
                 e.kind,
@@ -383,11 +375,22 @@ def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[l
                 e.time_ms,
                 e.received_ms,
             )
-            params.append(encode_event(e))
+            self.params.append(encode_event(e))
+
+    def __call__(self, conn: sqlite3.Connection) -> list[bool]:
+        return _append_many(conn, [self])[0]
+
+
+def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[list[bool]]:
+    params = [value for append in appends for value in append.params]
+    width = len(params) // 10 if params else 0
+    inserted: dict[str, int] = {}
+    for start in range(0, width, _ROWS_PER_INSERT):
+        count = min(_ROWS_PER_INSERT, width - start)
         rows = conn.execute(
-            f"INSERT INTO events {_EVENT_COLUMNS} VALUES {','.join([_EVENT_ROW] * len(chunk))}"
+            f"INSERT INTO events {_EVENT_COLUMNS} VALUES {','.join([_EVENT_ROW] * count)}"
             " ON CONFLICT (id) DO NOTHING RETURNING seq, id",
-            params,
+            params[start * 10 : (start + count) * 10],
         ).fetchall()
         inserted.update((ident, seq) for seq, ident in rows)
     outbox: list[tuple[str, int, int, int, int]] = []
