@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-from bench import batch_ingest, drain_backlog, lift_bench, mapping_throughput, webhook_ingest
+from bench import audiences_bench, batch_ingest, drain_backlog, lift_bench, mapping_throughput, webhook_ingest
 from bench.common import OUT, Result, describe_machine, machine, number
 
 BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "drain_backlog": drain_backlog.run,
     "batch_ingest": batch_ingest.run,
     "lift": lift_bench.run,
+    "audiences": audiences_bench.run,
 }
 TIME_LIMIT_S = 540  # `make bench` stays under ten minutes, whatever happens
 

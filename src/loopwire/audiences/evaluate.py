@@ -176,6 +176,9 @@ class _Selected:
         self.times = times
 
 
+_NONE = _Selected([], [])  # shared: never mutated
+
+
 class PersonHistory:
     """One person's events, sorted by time (stable), and their profile: the latest identify traits /
     user properties as a plain dict of attributes."""
@@ -229,7 +232,15 @@ class EventMatcher:
         found = history._selected.get(self)
         if found is None:
             # One look per distinct event key of the person, then the `where` tests on those events.
-            groups = [group for key, group in history.positions.items() if self.key_matches(key)]
+            known = self._keys
+            groups = [
+                group
+                for key, group in history.positions.items()
+                if (known[key] if key in known else self.key_matches(key))
+            ]
+            if not groups:
+                history._selected[self] = _NONE
+                return _NONE
             indices = groups[0] if len(groups) == 1 else sorted(chain.from_iterable(groups))
             if self._tests:
                 events, tests = history.events, self._tests
@@ -252,18 +263,41 @@ def _earliest(moments: Iterable[int | None]) -> int | None:
 
 
 def combine_all(parts: Sequence[Outcome]) -> Outcome:
-    if all(value for value, _ in parts):
-        return True, _earliest(moment for _, moment in parts)
+    earliest: int | None = None
+    latest_false: int | None = None
+    any_false = never = False
+    for value, moment in parts:
+        if value:
+            if moment is not None and (earliest is None or moment < earliest):
+                earliest = moment
+        else:
+            any_false = True
+            if moment is None:
+                never = True
+            elif latest_false is None or moment > latest_false:
+                latest_false = moment
+    if not any_false:
+        return True, earliest
     # False until every false part has turned true: none can before its own moment.
-    pending = [moment for value, moment in parts if not value]
-    return False, None if None in pending else max(m for m in pending if m is not None)
+    return False, None if never else latest_false
 
 
 def combine_any(parts: Sequence[Outcome]) -> Outcome:
-    if not any(value for value, _ in parts):
-        return False, _earliest(moment for _, moment in parts)
-    holding = [moment for value, moment in parts if value]
-    return True, None if None in holding else max(m for m in holding if m is not None)
+    earliest: int | None = None
+    latest_true: int | None = None
+    any_true = never = False
+    for value, moment in parts:
+        if value:
+            any_true = True
+            if moment is None:
+                never = True
+            elif latest_true is None or moment > latest_true:
+                latest_true = moment
+        elif moment is not None and (earliest is None or moment < earliest):
+            earliest = moment
+    if not any_true:
+        return False, earliest
+    return True, None if never else latest_true
 
 
 # ---- condition nodes ----------------------------------------------------------------------------
@@ -302,11 +336,14 @@ class _Count(_Node):
 
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
         least, most = self.least, self.most
+        times = self.matcher.select(history).times
+        if not times:  # nothing will enter the window: the count stays 0
+            return least == 0, None
 
         def test(left: int, right: int) -> bool:
             return least <= right - left and (most is None or right - left <= most)
 
-        return _window(self.matcher.select(history).times, self.lo, self.hi, now, test)
+        return _window(times, self.lo, self.hi, now, test)
 
 
 class _Sum(_Node):
@@ -353,6 +390,8 @@ class _Last(_Node):
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
         times, lo, hi = self.matcher.select(history).times, self.lo, self.hi
         n = len(times)
+        if not n:
+            return False, None
 
         def value(right: int, moment: int) -> bool:
             if right == 0:
@@ -384,7 +423,10 @@ class _AbsentSince(_Node):
         self.matcher, self.anchor = matcher, anchor
 
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
-        found, anchors = self.matcher.select(history), self.anchor.select(history)
+        anchors = self.anchor.select(history)
+        if not anchors.times:  # the `since` event never happened: false, and only an event changes that
+            return False, None
+        found = self.matcher.select(history)
 
         def value(moment: int) -> bool:
             right = bisect_right(anchors.times, moment)
@@ -598,6 +640,11 @@ def compile_all(definitions: Mapping[str, AudienceDefinition]) -> CompiledAudien
 
 def _finish(audience: CompiledAudience, history: PersonHistory, now: int, members: Memberships) -> Result:
     value, moment, state = audience.raw(history, now, members)
+    if not audience.exclude and not audience.higher:
+        if not value:
+            return Result(member=False, next_check_ms=moment)
+        values = audience.values(history, now) if audience.carries else {}
+        return Result(member=True, values=values, next_check_ms=moment, state=state)
     parts: list[Outcome] = [(value, moment)]
     for other in audience.exclude + audience.higher:
         if other not in members:

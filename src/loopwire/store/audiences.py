@@ -29,7 +29,7 @@ class Reader:
             chunk = user_ids[start : start + 500]
             rows = self._conn.execute(
                 f"SELECT user_id, body FROM events WHERE user_id IN ({','.join('?' * len(chunk))})"
-                " AND source != 'loopwire' ORDER BY time_ms",
+                " AND source != 'loopwire' ORDER BY user_id, time_ms",
                 chunk,
             ).fetchall()
             for user_id, body in rows:
