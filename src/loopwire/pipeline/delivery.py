@@ -134,7 +134,9 @@ class Courier:
             return 0
         settlements: list[Settlement] = []
         items: list[_Item] = []
-        for row in rows:
+        for index, row in enumerate(rows):
+            if index and index % 100 == 0:
+                await asyncio.sleep(0)  # let requests in between: a big batch must not stall ingest
             try:
                 event = decode_event(row.body)
                 payload = self.dest.map(event, self.now_ms())
