@@ -55,7 +55,8 @@ from loopwire.contracts.amplitude import (
     throttled_indexes,
     too_large,
 )
-from loopwire.httpio import read_limited
+from loopwire.httpio import json_response, read_limited
+from loopwire.sandbox.control import fault_queue
 
 CONTROL = "/_sandbox/amplitude"
 Endpoint = Literal["httpapi", "batch", "identify", "groupidentify"]
@@ -170,10 +171,6 @@ class _AbortResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with contextlib.suppress(Exception):
             await send({"type": "http.response.start", "status": 500, "headers": [(b"x-abort", b"\n")]})
-
-
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(body), status, headers, "application/json")
 
 
 class AmplitudeSandbox:
@@ -426,7 +423,7 @@ class AmplitudeSandbox:
         self, endpoint: Endpoint, answer: Answer, n: int, headers: Mapping[str, str] | None = None
     ) -> Response:
         self._record(endpoint, answer.status, n)
-        return _json(answer.body, answer.status, headers)
+        return json_response(answer.body, answer.status, headers)
 
     # ---- control API ---------------------------------------------------------------------------
 
@@ -434,54 +431,38 @@ class AmplitudeSandbox:
         query = request.query_params
         limit = query.get("limit")
         if limit is not None and not limit.isdigit():
-            return _json({"code": 400, "error": "limit must be a non-negative integer"}, 400)
+            return json_response({"code": 400, "error": "limit must be a non-negative integer"}, 400)
         filters = [(f"_{k}" if k == "endpoint" else k, query[k]) for k in _EVENT_FILTERS if k in query]
         found = [e for e in self.events if all(e.get(k) == v for k, v in filters)]
         shown = found if limit is None else found[: int(limit)]
-        return _json({"count": len(found), "events": shown})
+        return json_response({"count": len(found), "events": shown})
 
     async def _get_identifies(self, request: Request) -> Response:
         user_id = request.query_params.get("user_id")
         found = [i for i in self.identifies if user_id is None or i.get("user_id") == user_id]
-        return _json({"count": len(found), "identifies": found})
+        return json_response({"count": len(found), "identifies": found})
 
     async def _get_group_identifies(self, request: Request) -> Response:
-        return _json({"count": len(self.group_identifies), "group_identifies": self.group_identifies})
+        return json_response({"count": len(self.group_identifies), "group_identifies": self.group_identifies})
 
     async def _get_requests(self, request: Request) -> Response:
-        return _json({"count": len(self.requests), "requests": self.requests})
+        return json_response({"count": len(self.requests), "requests": self.requests})
 
     async def _get_stats(self, request: Request) -> Response:
-        return _json(self.stats())
+        return json_response(self.stats())
 
     async def _faults_endpoint(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            cleared = len(self._faults)
-            self._faults.clear()
-            return _json({"cleared": cleared})
-        if request.method == "GET":
-            return _json({"count": len(self._faults), "faults": self._faults})
-        try:
-            parsed = msgspec.json.decode(await request.body(), type=FaultRule | list[FaultRule])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _json({"code": 400, "error": f"invalid fault rule: {exc}"}, 400)
-        rules = parsed if isinstance(parsed, list) else [parsed]
-        for rule in rules:
-            problem = rule.problem()
-            if problem:
-                return _json({"code": 400, "error": f"invalid fault rule: {problem}"}, 400)
-        self._faults.extend(rules)
-        return _json({"queued": len(rules), "pending": len(self._faults)})
+        return await fault_queue(request, self._faults, FaultRule, lambda text: {"code": 400, "error": text})
 
     async def _reset(self, request: Request) -> Response:
         self.reset()
-        return _json({"reset": True})
+        return json_response({"reset": True})
 
     async def _no_route(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         if status == 404 and not request.url.path.startswith(CONTROL):
-            return _json(error(400, "Invalid request path").body, 400)  # §2.6 error text
-        return _json({"code": status, "error": http.HTTPStatus(status).phrase}, status)
+            return json_response(error(400, "Invalid request path").body, 400)  # §2.6 error text
+        return json_response({"code": status, "error": http.HTTPStatus(status).phrase}, status)
 
     def _build_app(self) -> Starlette:
         routes = [

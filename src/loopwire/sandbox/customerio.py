@@ -59,6 +59,8 @@ from loopwire.contracts.customerio import (
     v2_partial,
     who_from_path,
 )
+from loopwire.httpio import json_response
+from loopwire.sandbox.control import fault_queue
 
 CONTROL = "/_sandbox/customerio"
 Endpoint = Literal[
@@ -107,10 +109,6 @@ def _known(status: int) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(body), status, headers, "application/json")
 
 
 async def _read_body(request: Request, limit: int) -> tuple[bytes, bool]:
@@ -691,25 +689,25 @@ class CustomerioSandbox:
         path = "/" + "/".join(_raw_segments(request))
         self.requests.append({"method": request.method, "path": path, "status": status, "time": self.clock()})
         self._statuses[status] = self._statuses.get(status, 0) + 1
-        return _json(body, status, headers)
+        return json_response(body, status, headers)
 
     # ---- control API ---------------------------------------------------------------------------
 
     async def _get_people(self, request: Request) -> Response:
-        return _json({"count": len(self.people), "people": list(self.people.values())})
+        return json_response({"count": len(self.people), "people": list(self.people.values())})
 
     async def _get_person(self, request: Request) -> Response:
         key = unquote("/".join(_raw_segments(request)[3:]))  # after /_sandbox/customerio/people/
         person = self.find(key)
         if person is None:
-            return _json({"code": 404, "error": f"no person has cio_id, id or email {key!r}"}, 404)
-        return _json(person)
+            return json_response({"code": 404, "error": f"no person has cio_id, id or email {key!r}"}, 404)
+        return json_response(person)
 
     async def _get_events(self, request: Request) -> Response:
         query = request.query_params
         limit = query.get("limit")
         if limit is not None and not limit.isdigit():
-            return _json({"code": 400, "error": "limit must be a non-negative integer"}, 400)
+            return json_response({"code": 400, "error": "limit must be a non-negative integer"}, 400)
         found = self.events
         if "person" in query:
             person = self.find(query["person"])
@@ -719,45 +717,29 @@ class CustomerioSandbox:
             if key in query:
                 found = [e for e in found if e[key] == query[key]]
         shown = found if limit is None else found[: int(limit)]
-        return _json({"count": len(found), "events": shown})
+        return json_response({"count": len(found), "events": shown})
 
     async def _get_requests(self, request: Request) -> Response:
-        return _json({"count": len(self.requests), "requests": self.requests})
+        return json_response({"count": len(self.requests), "requests": self.requests})
 
     async def _get_activity(self, request: Request) -> Response:
-        return _json({"count": len(self.activity), "activity": self.activity})
+        return json_response({"count": len(self.activity), "activity": self.activity})
 
     async def _get_stats(self, request: Request) -> Response:
-        return _json(self.stats())
+        return json_response(self.stats())
 
     async def _faults_endpoint(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            cleared = len(self._faults)
-            self._faults.clear()
-            return _json({"cleared": cleared})
-        if request.method == "GET":
-            return _json({"count": len(self._faults), "faults": self._faults})
-        try:
-            parsed = msgspec.json.decode(await request.body(), type=FaultRule | list[FaultRule])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _json({"code": 400, "error": f"invalid fault rule: {exc}"}, 400)
-        rules = parsed if isinstance(parsed, list) else [parsed]
-        for rule in rules:
-            problem = rule.problem()
-            if problem:
-                return _json({"code": 400, "error": f"invalid fault rule: {problem}"}, 400)
-        self._faults.extend(rules)
-        return _json({"queued": len(rules), "pending": len(self._faults)})
+        return await fault_queue(request, self._faults, FaultRule, lambda text: {"code": 400, "error": text})
 
     async def _reset(self, request: Request) -> Response:
         self.reset()
-        return _json({"reset": True})
+        return json_response({"reset": True})
 
     async def _no_route(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         if not request.url.path.startswith(CONTROL):
             return self._answer(request, 404, v1_error("Not Found"))
-        return _json({"code": status, "error": http.HTTPStatus(status).phrase}, status)
+        return json_response({"code": status, "error": http.HTTPStatus(status).phrase}, status)
 
     def _build_app(self) -> Starlette:
         methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]

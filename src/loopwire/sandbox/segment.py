@@ -53,8 +53,9 @@ from loopwire.contracts.segment import (
     write_key_hash,
     write_key_of,
 )
-from loopwire.httpio import read_limited
+from loopwire.httpio import json_response, read_limited
 from loopwire.sandbox.amplitude import _AbortResponse
+from loopwire.sandbox.control import fault_queue
 
 CONTROL = "/_sandbox/segment"
 Endpoint = Literal["identify", "track", "page", "screen", "group", "alias", "batch"]
@@ -95,10 +96,6 @@ class FaultRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
 
     def matches(self, endpoint: Endpoint) -> bool:
         return self.endpoint in ("any", endpoint)
-
-
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(body), status, headers, "application/json")
 
 
 def _count(doc: Any, endpoint: Endpoint) -> int:
@@ -340,7 +337,7 @@ class SegmentSandbox:
         self, endpoint: Endpoint, answer: Answer, n: int, headers: Mapping[str, str] | None = None
     ) -> Response:
         self._record(endpoint, answer.status, n)
-        return _json(answer.body, answer.status, headers)
+        return json_response(answer.body, answer.status, headers)
 
     # ---- control API ---------------------------------------------------------------------------
 
@@ -348,17 +345,21 @@ class SegmentSandbox:
         query = request.query_params
         limit = query.get("limit")
         if limit is not None and not limit.isdigit():
-            return _json({"code": "bad_request", "message": "limit must be a non-negative integer"}, 400)
+            return json_response(
+                {"code": "bad_request", "message": "limit must be a non-negative integer"}, 400
+            )
         filters = [(k, query[k]) for k in _MESSAGE_FILTERS if k in query]
         found = [m for m in self.messages if all(m.get(k) == v for k, v in filters)]
         shown = found if limit is None else found[: int(limit)]
-        return _json({"count": len(found), "messages": shown})
+        return json_response({"count": len(found), "messages": shown})
 
     async def _get_dropped(self, request: Request) -> Response:
         query = request.query_params
         limit = query.get("limit")
         if limit is not None and not limit.isdigit():
-            return _json({"code": "bad_request", "message": "limit must be a non-negative integer"}, 400)
+            return json_response(
+                {"code": "bad_request", "message": "limit must be a non-negative integer"}, 400
+            )
         reason, call = query.get("reason"), query.get("type")
         found = [
             d
@@ -367,40 +368,26 @@ class SegmentSandbox:
             and (call is None or (type(d["message"]) is dict and d["message"].get("type") == call))
         ]
         shown = found if limit is None else found[: int(limit)]
-        return _json({"count": len(found), "dropped": shown})
+        return json_response({"count": len(found), "dropped": shown})
 
     async def _get_requests(self, request: Request) -> Response:
-        return _json({"count": len(self.requests), "requests": self.requests})
+        return json_response({"count": len(self.requests), "requests": self.requests})
 
     async def _get_stats(self, request: Request) -> Response:
-        return _json(self.stats())
+        return json_response(self.stats())
 
     async def _faults_endpoint(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            cleared = len(self._faults)
-            self._faults.clear()
-            return _json({"cleared": cleared})
-        if request.method == "GET":
-            return _json({"count": len(self._faults), "faults": self._faults})
-        try:
-            parsed = msgspec.json.decode(await request.body(), type=FaultRule | list[FaultRule])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _json({"code": "bad_request", "message": f"invalid fault rule: {exc}"}, 400)
-        rules = parsed if isinstance(parsed, list) else [parsed]
-        for rule in rules:
-            problem = rule.problem()
-            if problem:
-                return _json({"code": "bad_request", "message": f"invalid fault rule: {problem}"}, 400)
-        self._faults.extend(rules)
-        return _json({"queued": len(rules), "pending": len(self._faults)})
+        return await fault_queue(
+            request, self._faults, FaultRule, lambda text: {"code": "bad_request", "message": text}
+        )
 
     async def _reset(self, request: Request) -> Response:
         self.reset()
-        return _json({"reset": True})
+        return json_response({"reset": True})
 
     async def _no_route(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
-        return _json(status_answer(status).body, status)
+        return json_response(status_answer(status).body, status)
 
     def _endpoint(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
