@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loopwire.model import Event, decode_event
+from loopwire.model import Event, decode_event, encode_event
 from loopwire.store import Settlement, Store
 from loopwire.store.migrations import MIGRATIONS
 
@@ -167,3 +167,57 @@ def test_backfill_enqueues_only_missing_rows_unless_resend(store: Store) -> None
 def test_a_second_copy_in_the_same_group_is_a_duplicate(store: Store) -> None:
     assert store.append_sync([event(1), event(2), event(1)], [["amplitude"]] * 3) == [True, True, False]
     assert store.counts()["amplitude"]["pending"] == 2
+
+
+def test_stored_rows_are_the_events_byte_for_byte(store: Store) -> None:
+    # The group's rows travel as one JSON document that SQLite takes apart; what lands in the log
+    # must be exactly what was encoded — escapes, non-ASCII, big and small numbers, nulls.
+    tricky = Event(
+        id='evt-"quoted"\\slash',
+        source="amplitude",
+        kind="track",
+        name="Ordér \u2028 ✓ 🛒",
+        time_ms=1_700_000_000_123,
+        received_ms=1_700_000_000_456,
+        user_id=None,
+        email="a@b.c",
+        data={
+            "big": 2**63 - 1,
+            "negative": -0.0000001,
+            "float": 1.5e300,
+            "escapes": 'tab\tnewline\n"quote" \\ \u0000 \u001f',
+            "empty": {},
+            "list": [None, True, False, [], {"k": "v"}],
+            "unicode": "naïve café 日本語",
+        },
+    )
+    plain = event(7)
+    assert store.append_sync([tricky, plain], [["segment", "amplitude"], []]) == [True, True]
+    rows = store.read(
+        lambda c: c.execute(
+            "SELECT id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body,"
+            " typeof(body) FROM events ORDER BY seq"
+        ).fetchall()
+    )
+    assert [r[:9] for r in rows] == [
+        (tricky.id, "amplitude", "track", None, None, tricky.name, None, tricky.time_ms, tricky.received_ms),
+        (plain.id, "customerio", "message", "email", "sent", None, "user-7", 1_007, 5_000),
+    ]
+    assert [r[10] for r in rows] == ["blob", "blob"]
+    assert rows[0][9] == encode_event(tricky) and decode_event(rows[0][9]) == tricky
+    assert rows[1][9] == encode_event(plain)
+    outbox = store.read(lambda c: c.execute("SELECT dest, seq, state FROM outbox ORDER BY dest").fetchall())
+    assert outbox == [("amplitude", 1, "pending"), ("segment", 1, "pending")]
+
+
+def test_a_duplicate_of_an_older_event_in_a_mixed_group_gets_no_outbox_row(store: Store) -> None:
+    store.append_sync([event(1)], [["amplitude"]])
+    assert store.append_sync([event(2), event(1), event(3), event(2)], [["amplitude"]] * 4) == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    seqs = store.read(lambda c: c.execute("SELECT seq FROM outbox ORDER BY seq").fetchall())
+    assert seqs == [(1,), (2,), (3,)]
+    assert store.event_count() == 3

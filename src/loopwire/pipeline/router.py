@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from loopwire.metrics import Metrics
@@ -30,16 +31,24 @@ class Ingest:
         self._wake = wake
 
     async def __call__(self, events: Sequence[Event]) -> list[bool]:
-        routes = [route(event, self._takes) for event in events]
+        takes = self._takes
+        routes = [[name for name, accepts in takes.items() if accepts(event)] for event in events]
         fresh = await self._store.append(events, routes)
         woken: set[str] = set()
+        duplicates: Counter[str] = Counter()
+        unrouted: Counter[str] = Counter()
         for event, dests, new in zip(events, routes, fresh, strict=True):
             if not new:
-                self._metrics.duplicates.labels(event.source).inc()
-                continue
-            if not dests:
-                self._metrics.unrouted.labels(event.source).inc()
-            woken.update(dests)
+                duplicates[event.source] += 1
+            elif dests:
+                woken.update(dests)
+            else:
+                unrouted[event.source] += 1
+        # Counted once per source and request, not once per event (a batch holds up to 2,000).
+        for source, count in duplicates.items():
+            self._metrics.duplicates.labels(source).inc(count)
+        for source, count in unrouted.items():
+            self._metrics.unrouted.labels(source).inc(count)
         for name in woken:
             self._wake(name)
         return fresh

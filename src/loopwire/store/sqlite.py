@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -346,68 +347,81 @@ class SentMemory:
         self._reader.close()
 
 
-_EVENT_COLUMNS = "(id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)"
-_EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ROWS_PER_INSERT = 400  # 4,000 bound values per statement, well under SQLite's limit
+_HEAD = msgspec.json.Encoder().encode
+_EVENT_INSERT = "INSERT INTO events (id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body) VALUES "
+_OUTBOX_INSERT = "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms) VALUES "
+_ROWS_PER_INSERT = 1_000  # 10,000 bound values per statement, under SQLite's limit of 32,766
+
+
+def _rows_sql(head: str, row: str, count: int, tail: str = "") -> str:
+    return head + ",".join([row] * count) + tail
 
 
 class _Append:
-    """An append job. The writer merges every append waiting in a group into one multi-row INSERT
-    per 400 events and one outbox insert: a burst of webhooks costs a few statements, not two each."""
+    """An append job. The writer merges every append waiting in a group into one multi-row INSERT per
+    1,000 events and one for their outbox rows: a burst of webhooks costs a few statements, not two
+    per event.
+
+    Each statement lets go of the GIL once while SQLite works; fetching a row per event (RETURNING,
+    executemany) would take it back once per event, and each time the writer would wait for the event
+    loop to let go of it. So nothing is fetched: new rows take consecutive seqs (max + 1 each, in the
+    transaction of the only writer), which `lastrowid` and the count of changes give."""
 
     cannot_fail = True  # only an I/O error can fail these statements, and that fails the group anyway
 
     def __init__(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> None:
-        self.events = events
+        self.ids = [e.id for e in events]
         self.routes = routes
+        self.received = [e.received_ms for e in events]
         # The row values are built here, on the caller's thread, so the writer thread spends its
         # time in SQLite (which lets go of the GIL) rather than in Python.
         self.params: list[Any] = []
         for e in events:
-            self.params += (
-                e.id,
-                e.source,
-                e.kind,
-                e.channel,
-                e.metric,
-                e.name,
-                e.user_id,
-                e.time_ms,
-                e.received_ms,
-            )
-            self.params.append(encode_event(e))
+            self.params += (e.id, e.source, e.kind, e.channel, e.metric, e.name, e.user_id, e.time_ms)
+            self.params += (e.received_ms, encode_event(e))
 
     def __call__(self, conn: sqlite3.Connection) -> list[bool]:
         return _append_many(conn, [self])[0]
 
 
 def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[list[bool]]:
-    params = [value for append in appends for value in append.params]
-    width = len(params) // 10 if params else 0
-    inserted: dict[str, int] = {}
-    for start in range(0, width, _ROWS_PER_INSERT):
-        count = min(_ROWS_PER_INSERT, width - start)
-        rows = conn.execute(
-            f"INSERT INTO events {_EVENT_COLUMNS} VALUES {','.join([_EVENT_ROW] * count)}"
-            " ON CONFLICT (id) DO NOTHING RETURNING seq, id",
-            params[start * 10 : (start + count) * 10],
-        ).fetchall()
-        inserted.update((ident, seq) for seq, ident in rows)
-    outbox: list[tuple[str, int, int, int, int]] = []
+    params = list(chain.from_iterable(append.params for append in appends))
+    submitted = len(params) // 10
+    before = conn.total_changes
+    last = 0
+    for start in range(0, submitted, _ROWS_PER_INSERT):
+        count = min(_ROWS_PER_INSERT, submitted - start)
+        sql = _rows_sql(_EVENT_INSERT, "(?,?,?,?,?,?,?,?,?,?)", count, " ON CONFLICT (id) DO NOTHING")
+        last = conn.execute(sql, params[start * 10 : (start + count) * 10]).lastrowid or last
+    inserted = conn.total_changes - before
+    first = last - inserted + 1  # the seq of the first new event
+    if inserted == submitted:  # the usual case: every event is new, in order
+        seqs: list[int | None] = list(range(first, first + submitted))
+    else:  # some were duplicates (of older events, or of another copy in this group)
+        found = (
+            dict(conn.execute("SELECT id, seq FROM events WHERE seq >= ?", (first,)).fetchall())
+            if inserted
+            else {}
+        )
+        seqs = [found.pop(ident, None) for append in appends for ident in append.ids]
+    outbox: list[Any] = []
+    position = 0
     results: list[list[bool]] = []
     for append in appends:
         fresh: list[bool] = []
-        for event, dests in zip(append.events, append.routes, strict=True):
-            seq = inserted.pop(event.id, None)  # popped: a second copy in the same group is a duplicate
+        for dests, received in zip(append.routes, append.received, strict=True):
+            seq = seqs[position]
+            position += 1
             fresh.append(seq is not None)
             if seq is not None:
-                now = event.received_ms
-                outbox.extend((dest, seq, now, now, now) for dest in dests)
+                for dest in dests:
+                    outbox += (dest, seq, received, received, received)
         results.append(fresh)
-    if outbox:
-        conn.executemany(
-            "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms) VALUES (?, ?, 'pending', ?, ?, ?)",
-            outbox,
+    rows = len(outbox) // 5
+    for start in range(0, rows, _ROWS_PER_INSERT):
+        count = min(_ROWS_PER_INSERT, rows - start)
+        conn.execute(
+            _rows_sql(_OUTBOX_INSERT, "(?,?,'pending',?,?,?)", count), outbox[start * 5 : (start + count) * 5]
         )
     return results
 
@@ -416,35 +430,48 @@ def _append_job(events: Sequence[Event], routes: Sequence[Sequence[str]]) -> _Ap
     return _Append(events, routes)
 
 
+# Claims and settlements, like appends, are a statement or two whatever their size (see _Append): the
+# claimed rows come back as one JSON value, the settled seqs go in as one.
+_CLAIM_SELECT = (
+    "SELECT json_group_array(json_array(o.seq, o.attempts + 1, o.enqueued_ms, json(CAST(e.body AS TEXT))))"
+    " FROM (SELECT seq, attempts, enqueued_ms FROM outbox WHERE dest = ?1 AND state = 'pending'"
+    " AND next_ms <= ?2 ORDER BY next_ms, seq LIMIT ?3) AS o JOIN events AS e ON e.seq = o.seq"
+)
+_CLAIM_UPDATE = (
+    "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_ms = ?1"
+    " WHERE dest = ?2 AND seq IN (SELECT value FROM json_each(?3))"
+)
+_SETTLE = (
+    "UPDATE outbox SET state = ?1, next_ms = ?2, updated_ms = ?3, reason = ?4, response = ?5"
+    " WHERE dest = ?6 AND seq IN (SELECT value FROM json_each(?7))"
+)
+_claimed_rows = msgspec.json.Decoder(list[tuple[int, int, int, msgspec.Raw]])
+
+
 def _claim_job(dest: str, limit: int, now_ms: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
     def job(conn: sqlite3.Connection) -> list[Claimed]:
-        rows = conn.execute(
-            "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_ms = ?"
-            " WHERE dest = ? AND seq IN (SELECT seq FROM outbox WHERE dest = ? AND state = 'pending'"
-            " AND next_ms <= ? ORDER BY next_ms, seq LIMIT ?)"
-            " RETURNING seq, attempts, enqueued_ms",
-            (now_ms, dest, dest, now_ms, limit),
-        ).fetchall()
+        (found,) = conn.execute(_CLAIM_SELECT, (dest, now_ms, limit)).fetchone()
+        rows = sorted(_claimed_rows.decode(found))
         if not rows:
             return []
-        rows.sort()
-        bodies = dict(
-            conn.execute(
-                f"SELECT seq, body FROM events WHERE seq IN ({','.join('?' * len(rows))})",
-                [row[0] for row in rows],
-            ).fetchall()
-        )
-        return [Claimed(seq, attempts, enqueued, bodies[seq]) for seq, attempts, enqueued in rows]
+        conn.execute(_CLAIM_UPDATE, (now_ms, dest, _HEAD([row[0] for row in rows]).decode()))
+        return [Claimed(seq, attempts, enqueued, bytes(body)) for seq, attempts, enqueued, body in rows]
 
     return job
 
 
 def _settle_job(dest: str, rows: list[Settlement], now_ms: int) -> Callable[[sqlite3.Connection], None]:
+    # Settlements sharing an outcome (most often all of them: delivered) are one statement.
+    alike: dict[tuple[str, int, str | None, str | None], list[int]] = {}
+    for r in rows:
+        alike.setdefault((r.state, r.next_ms, r.reason, r.response), []).append(r.seq)
+    statements = [
+        (state, next_ms, now_ms, reason, response, dest, _HEAD(seqs).decode())
+        for (state, next_ms, reason, response), seqs in alike.items()
+    ]
+
     def job(conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "UPDATE outbox SET state = ?, next_ms = ?, updated_ms = ?, reason = ?, response = ?"
-            " WHERE dest = ? AND seq = ?",
-            [(r.state, r.next_ms, now_ms, r.reason, r.response, dest, r.seq) for r in rows],
-        )
+        for values in statements:
+            conn.execute(_SETTLE, values)
 
     return job
