@@ -108,3 +108,23 @@ def test_redelivered_message_id_is_stored_once(loopwire: Any) -> None:
         for _ in range(3):
             assert httpx.post(f"{url}/v1/track", json=message).status_code == 200
         assert runtime.store.event_count() == 1
+
+
+def test_event_time_is_the_message_timestamp_in_every_accepted_form(loopwire: Any) -> None:
+    # Segment takes ISO-8601 with a timezone (segment.md §3); each accepted form keeps its instant,
+    # a comma before the fraction included.
+    forms = {
+        "2024-01-02T03:04:05Z": 1_704_164_645_000,
+        "2024-01-02T03:04:05.250+02:00": 1_704_157_445_250,
+        "2024-01-02 03:04:05,5+0200": 1_704_157_445_500,
+        "2024-01-02T03:04:05-05": 1_704_182_645_000,
+    }
+    batch = [
+        {"type": "track", "userId": "u-1", "event": "Product Viewed", "messageId": f"m-{n}", "timestamp": ts}
+        for n, ts in enumerate(forms)
+    ]
+    with loopwire(extra_sources=SOURCES, env=ENV) as (url, runtime):
+        answer = httpx.post(f"{url}/v1/batch", json={"batch": batch, "writeKey": WRITE_KEY})
+        assert answer.status_code == 200 and "rejected" not in answer.json()
+        times = {e.id: e.time_ms for e in logged(runtime)}
+    assert times == {f"m-{n}": ms for n, ms in enumerate(forms.values())}

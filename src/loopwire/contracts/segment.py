@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import http
 import re
@@ -166,7 +167,10 @@ def encoded_size(item: Any) -> int:
 
 def merge_envelope(item: dict[str, Any], envelope: dict[str, Any]) -> dict[str, Any]:
     """A batch item with the envelope's `context` and `integrations` merged in (§3, Batch). The
-    merge is shallow and the item's own keys win; the docs say "merged" without saying how deep."""
+    merge is shallow and the item's own keys win; the docs say "merged" without saying how deep.
+    With nothing to merge the item itself is returned, not a copy."""
+    if type(envelope.get("context")) is not dict and type(envelope.get("integrations")) is not dict:
+        return item  # nothing to merge (the usual batch): the item as it is
     merged = dict(item)
     for key in ("context", "integrations"):
         outer = envelope.get(key)
@@ -188,15 +192,25 @@ def _has_id(value: Any) -> bool:
     return type(value) in (int, float)
 
 
+@functools.lru_cache(maxsize=4096)  # a batch repeats its sentAt, a storefront its timestamps often
+def _iso_ms(value: str) -> int | None:
+    if not _ISO_DATETIME.fullmatch(value):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace(",", "."))
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+def iso_ms(value: Any) -> int | None:
+    """Milliseconds since the epoch of an ISO-8601 date-time with a timezone; None if it is not one."""
+    return _iso_ms(value) if type(value) is str else None
+
+
 def is_iso8601(value: Any) -> bool:
     """An ISO-8601 date-time with a timezone (§3: "All timestamps are ISO-8601 with a timezone")."""
-    if type(value) is not str or not _ISO_DATETIME.fullmatch(value):
-        return False
-    try:
-        datetime.fromisoformat(value.replace(",", "."))
-    except ValueError:
-        return False
-    return True
+    return iso_ms(value) is not None
 
 
 def check_message(message: Any, sent_at: Any = None) -> Drop | None:

@@ -32,7 +32,11 @@ class Ingest:
 
     async def __call__(self, events: Sequence[Event]) -> list[bool]:
         takes = self._takes
-        routes = [[name for name, accepts in takes.items() if accepts(event)] for event in events]
+        routes: Sequence[Sequence[str]] = (
+            [[name for name, accepts in takes.items() if accepts(event)] for event in events]
+            if takes
+            else [()] * len(events)
+        )
         fresh = await self._store.append(events, routes)
         woken: set[str] = set()
         duplicates: Counter[str] = Counter()

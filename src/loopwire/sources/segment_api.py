@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -37,6 +36,7 @@ from loopwire.contracts.segment import (
     encoded_size,
     error,
     invalid_json,
+    iso_ms,
     merge_envelope,
     too_large,
     write_key_of,
@@ -53,12 +53,8 @@ _decoder = msgspec.json.Decoder()
 
 
 def _time_ms(value: Any, default: int) -> int:
-    if isinstance(value, str):
-        try:
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-        except ValueError:
-            return default
-    return default
+    moment = iso_ms(value)
+    return default if moment is None else moment
 
 
 def _string(value: Any) -> str | None:
