@@ -7,7 +7,7 @@ import pytest
 
 from loopwire.errors import InputError
 from loopwire.sources.customerio_parse import parse_webhook
-from loopwire.sources.customerio_webhooks import verify_signature
+from loopwire.sources.customerio_webhooks import keyed, verify_signature
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures" / "customerio"
 VECTOR = json.loads((REFERENCE / "signature" / "v0_known_answer.json").read_text())
@@ -15,7 +15,7 @@ TS = int(VECTOR["headers"]["X-CIO-Timestamp"])
 
 
 def check(key: str, ts: str, signature: str, body: bytes, now: float = TS, window: float = 300) -> None:
-    verify_signature([key.encode()], ts, signature, body, now, window)
+    verify_signature(keyed([key.encode()]), ts, signature, body, now, window)
 
 
 def test_known_answer_vector_verifies() -> None:
@@ -57,7 +57,7 @@ def test_replay_window_both_directions() -> None:
 
 
 def test_any_of_several_keys_verifies() -> None:
-    keys = [b"retired", VECTOR["signing_key"].encode()]
+    keys = keyed([b"retired", VECTOR["signing_key"].encode()])
     verify_signature(
         keys, str(TS), VECTOR["headers"]["X-CIO-Signature"], VECTOR["raw_body"].encode(), TS, 300
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from loopwire.metrics import Metrics
@@ -39,15 +38,15 @@ class Ingest:
         )
         fresh = await self._store.append(events, routes)
         woken: set[str] = set()
-        duplicates: Counter[str] = Counter()
-        unrouted: Counter[str] = Counter()
+        duplicates: dict[str, int] = {}
+        unrouted: dict[str, int] = {}
         for event, dests, new in zip(events, routes, fresh, strict=True):
             if not new:
-                duplicates[event.source] += 1
+                duplicates[event.source] = duplicates.get(event.source, 0) + 1
             elif dests:
                 woken.update(dests)
             else:
-                unrouted[event.source] += 1
+                unrouted[event.source] = unrouted.get(event.source, 0) + 1
         # Counted once per source and request, not once per event (a batch holds up to 2,000).
         for source, count in duplicates.items():
             self._metrics.duplicates.labels(source).inc(count)

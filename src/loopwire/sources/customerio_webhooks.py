@@ -7,10 +7,11 @@ stored once. Every refusal is a 4xx JSON body `{"error": {"code", "message"}}`, 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
 import msgspec
@@ -27,15 +28,22 @@ SOURCE = "customerio"
 _encode = msgspec.json.Encoder().encode
 
 
+def keyed(keys: Iterable[bytes]) -> list[hmac.HMAC]:
+    """An HMAC-SHA256 state per signing key, keyed once: each request copies it instead of setting
+    the key up again (half the cost of a one-shot `hmac.digest`)."""
+    return [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
+
+
 def verify_signature(
-    keys: Sequence[bytes],
+    keys: Sequence[hmac.HMAC],
     timestamp: str | None,
     signature: str | None,
     body: bytes,
     now: float,
     window: float,
 ) -> None:
-    """HMAC-SHA256 over `v0:<timestamp>:<raw body>`, hex, compared in constant time against every key."""
+    """HMAC-SHA256 over `v0:<timestamp>:<raw body>`, hex, compared in constant time against every key
+    (`keys` as `keyed` makes them)."""
     if not signature or not timestamp:
         missing = "X-CIO-Signature" if not signature else "X-CIO-Timestamp"
         raise InputError(401, "missing_signature", f"header {missing} is required on every webhook")
@@ -50,12 +58,14 @@ def verify_signature(
             f"X-CIO-Timestamp is {int(now - sent_at)}s from this server's clock; the replay window is"
             f" {window:g}s (check the server clock, or sources.customerio_webhooks.replay_window)",
         )
-    signed = b"v0:" + timestamp.encode() + b":" + body
+    prefix = b"v0:" + timestamp.encode() + b":"
     given = signature.strip().lower().encode()
     matched = False
     for key in keys:  # every key is tried, so timing does not tell which one matched
-        expected = hmac.digest(key, signed, "sha256").hex().encode()  # one C call
-        matched |= hmac.compare_digest(expected, given)
+        mac = key.copy()
+        mac.update(prefix)
+        mac.update(body)
+        matched |= hmac.compare_digest(mac.hexdigest().encode(), given)
     if not matched:
         raise InputError(
             401, "invalid_signature", "X-CIO-Signature does not match the body for any configured signing key"
@@ -109,7 +119,7 @@ class CustomerioWebhooks:
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._keys = [key.reveal().encode() for key in config.signing_keys]
+        self._keys = keyed(key.reveal().encode() for key in config.signing_keys)
         self._window = float(config.replay_window)
         self._ingest = ingest
         self._metrics = metrics
