@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -307,3 +308,21 @@ def test_401_is_dead_lettered_not_retried(loopwire: Any, sandbox: Any) -> None:
         send(url, webhook())
         wait_until(lambda: runtime.store.dead_letters("amplitude"), what="the dead letter")
     assert [r["status"] for r in box.requests] == [401]
+
+
+def test_a_paused_destination_queues_and_sends_after_resuming(loopwire: Any, sandbox: Any) -> None:
+    box, _ = sandbox
+    docs = [webhook(), webhook("sms", "delivered")]
+    with loopwire(paused=True) as (url, runtime):
+        assert all(send(url, doc).status_code == 200 for doc in docs)
+        status = httpx.get(f"{url}/api/status").json()
+        console = httpx.get(f"{url}/").text
+        time.sleep(0.5)  # a running courier would have claimed them by now (linger is 0.25 s)
+        assert runtime.store.counts()["amplitude"]["pending"] == 2
+    assert status["paused"] == ["amplitude"] and status["destinations"]["amplitude"]["pending"] == 2
+    assert "amplitude (paused)" in console
+    assert box.events == []
+    with loopwire() as (url, runtime):  # the same store, unpaused: the queue drains
+        wait_until(lambda: delivered(runtime) == 2, what="delivery after resuming")
+        assert httpx.get(f"{url}/api/status").json()["paused"] == []
+    assert sorted(e["insert_id"] for e in box.events) == sorted(d["event_id"] for d in docs)

@@ -153,6 +153,11 @@ def test_status_dlq_list_and_replay(tmp_path: Path, monkeypatch: Any) -> None:
 
     table = runner.invoke(app, ["status", "--config", str(config)])
     assert table.exit_code == 0 and "no user id and no device id" in table.output
+    assert status["paused"] == [] and "(paused)" not in table.output
+    paused = yaml.safe_load(config.read_text())
+    paused["destinations"]["amplitude"]["paused"] = True
+    config.write_text(yaml.safe_dump(paused))
+    assert "amplitude (paused)" in runner.invoke(app, ["status", "--config", str(config)]).output
 
     dead = json.loads(runner.invoke(app, ["dlq", "list", "--config", str(config), "--json"]).stdout)
     assert [d["event_id"] for d in dead] == ["evt-1"]

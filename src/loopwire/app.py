@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from loopwire.audiences.engine import Engine, check_and_record_versions
-from loopwire.config import Config
+from loopwire.config import Config, DestinationOptions
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
 from loopwire.metrics import Metrics
@@ -26,8 +27,11 @@ from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import SentMemory, Store
+from loopwire.store.sqlite import STATES
 from loopwire.web.console import render_console
 from loopwire.web.openapi import openapi_document
+
+log = logging.getLogger("loopwire.app")
 
 
 class Runtime:
@@ -71,6 +75,9 @@ class Runtime:
             )
             self.engine.start()
         for name, dest in self.destinations.items():
+            if self.config.destinations[name].paused:
+                log.warning("destination %s is paused: its events are queued, not sent", name)
+                continue
             courier = Courier(dest, self.store, self.metrics, clock=self.clock)
             self.couriers[name] = courier
             courier.start()
@@ -88,19 +95,22 @@ class Runtime:
         self.store.close()
 
     def status(self) -> dict[str, Any]:
-        counts = self.store.counts()
-        for name in self.destinations:
-            counts.setdefault(name, {})
-        return {
-            "events": self.store.event_count(),
-            "destinations": counts,
-            "dead_reasons": [
-                {"destination": d, "reason": r, "count": n} for d, r, n in self.store.reasons("dead")
-            ],
-            "skip_reasons": [
-                {"destination": d, "reason": r, "count": n} for d, r, n in self.store.reasons("skipped")
-            ],
-        }
+        return status_report(self.store, self.config.destinations)
+
+
+def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) -> dict[str, Any]:
+    """Events in the log; outbox rows per state, per destination; which destinations are paused; the
+    reasons for dead and skipped rows (the console, `/api/status` and `loopwire status`)."""
+    counts = store.counts()
+    for name in destinations:
+        counts.setdefault(name, dict.fromkeys(STATES, 0))
+    return {
+        "events": store.event_count(),
+        "destinations": counts,
+        "paused": sorted(name for name, options in destinations.items() if options.paused),
+        "dead_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("dead")],
+        "skip_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("skipped")],
+    }
 
 
 def create_app(config: Config, clock: Callable[[], float] = time.time) -> LoopwireApp:

@@ -283,24 +283,13 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
 
     Example: `loopwire status --config loopwire.yaml`
     """
+    from loopwire.app import status_report
     from loopwire.store import Store
 
     cfg = _load(config)
     store = Store(cfg.store.path, recover=False)
     try:
-        counts = store.counts()
-        for name in cfg.destinations:
-            counts.setdefault(name, {})
-        report: dict[str, Any] = {
-            "events": store.event_count(),
-            "destinations": counts,
-            "dead_reasons": [
-                {"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("dead")
-            ],
-            "skip_reasons": [
-                {"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("skipped")
-            ],
-        }
+        report = status_report(store, cfg.destinations)
     finally:
         store.close()
     if as_json:
@@ -309,9 +298,10 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
     table = Table(title=f"{report['events']} events in {cfg.store.path}")
     for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
         table.add_column(column, justify="right" if column != "destination" else "left")
-    for dest, states in sorted(counts.items()):
+    for dest, states in sorted(report["destinations"].items()):
+        label = f"{dest} (paused)" if dest in report["paused"] else dest
         table.add_row(
-            dest, *(str(states.get(s, 0)) for s in ("pending", "in_flight", "delivered", "skipped", "dead"))
+            label, *(str(states.get(s, 0)) for s in ("pending", "in_flight", "delivered", "skipped", "dead"))
         )
     out.print(table)
     for title, key in (("dead", "dead_reasons"), ("skipped", "skip_reasons")):

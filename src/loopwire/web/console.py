@@ -14,7 +14,7 @@ th{background:#f4f4f4}.dead{color:#a00}
 
 def render_console(status: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{escape(dest)}</td>"
+        f"<tr><td>{escape(dest)}{' (paused)' if dest in status.get('paused', ()) else ''}</td>"
         + "".join(
             f"<td>{states.get(s, 0)}</td>" for s in ("pending", "in_flight", "delivered", "skipped", "dead")
         )

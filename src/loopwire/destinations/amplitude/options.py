@@ -51,4 +51,7 @@ class AmplitudeOptions(
     retry: RetryPolicy = RetryPolicy()
     # Default sources: customerio (engagement), amplitude (forwarded SDK events) and loopwire (its own
     # audience and holdout events).
+    # Paused: events are still routed and queued (nothing is lost), but nothing is sent until the
+    # server runs with `paused: false` again (vendor outage, maintenance, a controlled backfill).
+    paused: bool = False
     route: Route = Route()

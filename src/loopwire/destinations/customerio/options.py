@@ -44,6 +44,9 @@ class CustomerioOptions(
     # Default sources: amplitude (SDK traffic), segment and loopwire (audience and holdout events).
     # `route.events` selects the events sent as Customer.io events; user updates follow `send_users`,
     # whatever `route.events` says (loopwire's own attributes are sent whatever `send_users` says).
+    # Paused: events are still routed and queued (nothing is lost), but nothing is sent until the
+    # server runs with `paused: false` again (vendor outage, maintenance, a controlled backfill).
+    paused: bool = False
     route: Route = Route()
 
     def __post_init__(self) -> None:

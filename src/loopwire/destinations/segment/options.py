@@ -45,4 +45,7 @@ class SegmentOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_country_code: str = "1"  # for hashing phone numbers written without one
     batching: Batching = Batching()
     retry: RetryPolicy = RetryPolicy()
+    # Paused: events are still routed and queued (nothing is lost), but nothing is sent until the
+    # server runs with `paused: false` again (vendor outage, maintenance, a controlled backfill).
+    paused: bool = False
     route: Route = Route()  # default sources: customerio and loopwire (audience and holdout events)
