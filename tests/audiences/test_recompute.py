@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -17,10 +18,18 @@ import pytest
 
 from loopwire.audiences.definitions import AudienceDefinition
 from loopwire.audiences.engine import Engine, profile_of
-from loopwire.audiences.evaluate import PersonHistory, compile_all, evaluate_all
+from loopwire.audiences.evaluate import EventMatcher, PersonHistory, compile_all, evaluate_all
 from loopwire.audiences.library import resolve_audiences
-from loopwire.audiences.recompute import needs, recompute, split
-from loopwire.model import Event, decode_event
+from loopwire.audiences.recompute import (
+    Share,
+    matches_sql,
+    needs,
+    recompute,
+    recompute_share,
+    seq_parts,
+    split,
+)
+from loopwire.model import Event, decode_event, event_key
 from loopwire.settings import dec_hook
 from loopwire.store import Store
 
@@ -224,7 +233,14 @@ def test_counts_and_rows_are_those_of_evaluating_everyone_directly(tmp_path: Pat
     for name in audiences:
         assert stats.members[name] == sum(results[name].member for results in expected.values()), name
     assert 0 < stats.decoded_events < stats.evaluated_events < stats.events
-    # the rows say exactly who is a member (and in which state), the timers when to look again
+    assert_stored_as_evaluated(store, expected)
+    # every audience has members here, so the test says something about each of them
+    assert all(stats.members.values()), stats.members
+    store.close()
+
+
+def assert_stored_as_evaluated(store: Store, expected: Mapping[str, Mapping[str, Any]]) -> None:
+    """The rows say exactly who is a member (and in which state), the timers when to look again."""
     rows = {
         (audience, user): (member, state) for audience, user, member, _, state, *_ in members_table(store)
     }
@@ -240,8 +256,32 @@ def test_counts_and_rows_are_those_of_evaluating_everyone_directly(tmp_path: Pat
         if any(r.next_check_ms is not None for r in results.values())
     }
     assert dict(timers_table(store)) == moments
-    # every audience has members here, so the test says something about each of them
-    assert all(stats.members.values()), stats.members
+
+
+def test_events_older_than_every_window_that_can_see_them_are_not_read(tmp_path: Path) -> None:
+    # deliveries are seen only within 14 days (fatigue_risk), clicks within 14 and 7 days; the
+    # last order at any age (lapsed_90_plus)
+    names = ("fatigue_risk", "high_intent_engagers", "lapsed_90_plus")
+    audiences = resolve_audiences({name: AudienceDefinition(version=1, library=name) for name in names})
+    log = Log(0)
+    for day in range(40):  # a delivery a day: those of the last 14 days are read (not one at 14 days)
+        log.cio("u1", "delivered", NOW - day * DAY - HOUR)
+    log.cio("u1", "delivered", NOW - 14 * DAY)  # 14 days old: out of the window already, not read
+    log.cio("u1", "clicked", NOW - 13 * DAY, machine=False)  # read: keeps u1 out of fatigue_risk
+    log.cio("u1", "clicked", NOW - 15 * DAY)
+    log.cio("u2", "delivered", NOW - 20 * DAY)  # nothing of u2's is read but their last order
+    log.track("u2", "Order Completed", NOW - 200 * DAY, revenue=10)
+    log.track("u2", "Order Completed", NOW - 100 * DAY, revenue=10)
+    for n in range(6):  # fatigued: six deliveries in 14 days, no click, until the 2nd oldest ages out
+        log.cio("u3", "delivered", NOW - (n + 8) * DAY)
+    store = store_with(tmp_path / "log.db", log.events)
+    expected = direct(store, audiences, NOW)
+    stats = recompute(store, audiences, NOW, write=True, workers=1)
+    assert stats.events == len(log.events) == 52
+    assert stats.evaluated_events == 14 + 1 + 2 + 6
+    assert stats.members == {"fatigue_risk": 1, "high_intent_engagers": 0, "lapsed_90_plus": 1}
+    assert_stored_as_evaluated(store, expected)
+    assert dict(timers_table(store))["u3"] == NOW - 12 * DAY + 14 * DAY  # 4 left in the window then
     store.close()
 
 
@@ -259,16 +299,52 @@ def test_without_profile_audiences_the_same_results_from_fewer_decoded_events(
     store.close()
 
 
-def test_two_workers_over_ranges_count_everyone_once(tmp_path: Path, log: Log) -> None:
+def test_workers_reading_parts_of_the_log_count_everyone_once(tmp_path: Path, log: Log) -> None:
     audiences = definitions()
     store = store_with(tmp_path / "log.db", log.events)
-    one = recompute(store, audiences, NOW, workers=1)
-    two = recompute(store, audiences, NOW, workers=2)
-    assert two.ranges > 2 and two.workers == 2
-    assert (two.people, two.events, two.members) == (one.people, one.events, one.members)
+    one = recompute(store, audiences, NOW, write=True, workers=1)
+    for workers in (2, 3):  # each reads a part of the log and passes the others their people's rows
+        other = store_with(tmp_path / f"log-{workers}.db", log.events)
+        many = recompute(other, audiences, NOW, write=True, workers=workers)
+        assert many.ranges == many.workers == workers
+        assert (many.people, many.events, many.evaluated_events, many.decoded_events, many.members) == (
+            one.people,
+            one.events,
+            one.evaluated_events,
+            one.decoded_events,
+            one.members,
+        )
+        assert members_table(other) == members_table(store)
+        assert timers_table(other) == timers_table(store)
+        other.close()
     ranges = split(store.path, 5)
     assert ranges[0][0] is None and ranges[-1][1] is None
     assert all(hi == lo for (_, hi), (lo, _) in pairwise(ranges))
+    parts, last = seq_parts(store.path, 3)
+    assert parts[0][0] == 1 and parts[-1][1] == last == len(log.events)
+    assert all(end + 1 == start for (_, end), (start, _) in pairwise(parts))
+    store.close()
+
+
+def test_events_appended_after_the_start_are_left_to_the_engine(tmp_path: Path, log: Log) -> None:
+    audiences = definitions()
+    store = store_with(tmp_path / "log.db", log.events)
+    expected = direct(store, audiences, NOW)
+    parts, last = seq_parts(store.path, 1)  # what `recompute` hands its workers, at its start
+    late = Log(0)
+    late.serial = len(log.events)  # new ids
+    late.track("u001", "Order Completed", NOW - HOUR, revenue=1000)
+    late.track("zz-new", "Order Completed", NOW - HOUR, revenue=1000)
+    store.append_sync(late.events, [[] for _ in late.events])
+    done = recompute_share(store.path, audiences, NOW, Share(0, parts, [(None, None)], last))
+    assert (done.people, done.events) == (
+        len(expected),
+        sum(e.user_id is not None and e.source != "loopwire" for e in log.events),
+    )
+    assert done.members == {
+        name: sum(results[name].member for results in expected.values()) for name in done.members
+    }
+    assert recompute(store, audiences, NOW, workers=1).members != done.members  # they do count, later
     store.close()
 
 
@@ -320,3 +396,88 @@ def test_an_empty_log(tmp_path: Path) -> None:
     stats = recompute(store, definitions(), NOW, workers=2)
     assert (stats.people, stats.events, set(stats.members.values())) == (0, 0, {0})
     store.close()
+
+
+HEADS = [  # (source, kind, channel, metric, name): what `event_key` makes of each, corners included
+    ("customerio", "message", "email", "clicked", None),
+    ("customerio", "message", "sms", "delivered", None),
+    ("customerio", "message", "in_app", "opened", None),
+    ("customerio", "message", "email", None, None),  # a missing metric: "email.None"
+    ("customerio", "message", "a.b", "c", None),  # dots in either part
+    ("customerio", "message", "a", "b.c", None),
+    ("customerio", "message", "push", "", None),  # "push."
+    ("customerio", "subscription", None, "clicked", "Subscribed"),  # no channel: the name
+    ("customerio", "identify", None, None, None),  # no channel, no name: the kind
+    ("segment", "track", None, None, "Order Completed"),
+    ("segment", "track", None, None, "order completed"),  # matching is case-sensitive
+    ("segment", "track", None, "clicked", "email.clicked"),  # named like a message key
+    ("segment", "track", None, None, ""),  # an empty name: the kind
+    ("segment", "identify", None, None, None),
+    ("amplitude", "track", None, None, "[Amplitude] Page Viewed"),
+    ("amplitude", "track", None, None, "A"),
+    ("amplitude", "track", None, None, "Ünïcode ✓"),
+]
+PATTERNS = [
+    "*.clicked",
+    "email.*",
+    "*",
+    "email.clicked",
+    "email.None",
+    "*.None",
+    "a.b.c",
+    "*.c",
+    "a.*",
+    "push.",
+    "push.?",
+    "?????.*",
+    "Order Completed",
+    "Order *",
+    "order*",
+    "email.clicked",
+    "identify",
+    "track",
+    "[Amplitude] Page Viewed",
+    "[Amplitude]*",
+    "[A]*",
+    "?",
+    "*?*",
+    "Ünïcode ?",
+    "*.*.*",
+    "s?s.*",
+    "*ed",
+    "Subscribed",
+    "nothing",
+]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_the_sql_filter_selects_the_rows_whose_key_the_matcher_matches(pattern: str) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, source, kind, channel, metric, name)")
+    conn.executemany("INSERT INTO events (source, kind, channel, metric, name) VALUES (?, ?, ?, ?, ?)", HEADS)
+    condition, args = matches_sql([pattern])
+    found = {seq for (seq,) in conn.execute(f"SELECT seq FROM events WHERE {condition}", args)}
+    matcher = EventMatcher(pattern, {})
+    expected = {
+        seq
+        for seq, (source, kind, channel, metric, name) in enumerate(HEADS, start=1)
+        if matcher.key_matches(
+            event_key(
+                Event(
+                    id="x",
+                    source=source,
+                    kind=kind,
+                    channel=channel,
+                    metric=metric,
+                    name=name,
+                    time_ms=0,
+                    received_ms=0,
+                )
+            )
+        )
+    }
+    assert found == expected
+    # several names at once: the rows any of them matches
+    condition, args = matches_sql([pattern, "Order Completed", "sms.*"])
+    both = {seq for (seq,) in conn.execute(f"SELECT seq FROM events WHERE {condition}", args)}
+    assert both == expected | {2, 10}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from heapq import merge
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -33,6 +33,7 @@ from loopwire.audiences.definitions import (
     EventRef,
     Test,
     event_names,
+    member_refs,
     patterns,
     validate_audiences,
     window_ms,
@@ -186,12 +187,34 @@ class PersonHistory:
     __slots__ = ("_selected", "_sums", "events", "positions", "profile", "times")
 
     def __init__(self, events: Iterable[Event], profile: Mapping[str, Any] | None = None) -> None:
-        self.events: tuple[Event, ...] = tuple(sorted(events, key=_BY_TIME))
+        ordered = tuple(sorted(events, key=_BY_TIME))
+        self._fill(ordered, [event_key(event) for event in ordered], profile)
+
+    @classmethod
+    def in_order(
+        cls, events: Sequence[Event], keys: Sequence[str], profile: Mapping[str, Any] | None = None
+    ) -> PersonHistory:
+        """The history of events already in time order (ties in the order they were logged, as the
+        sort of `PersonHistory(...)` leaves them) with their keys (`model.event_key`): nothing is
+        sorted or recomputed. The full recompute has them so."""
+        history = cls.__new__(cls)
+        history._fill(tuple(events), keys, profile)
+        return history
+
+    def _fill(
+        self, events: tuple[Event, ...], keys: Sequence[str], profile: Mapping[str, Any] | None
+    ) -> None:
+        self.events = events
         self.profile: Mapping[str, Any] = profile or {}
-        self.times = [e.time_ms for e in self.events]
-        self.positions: dict[str, list[int]] = {}  # event key → positions of its events, ascending
-        for position, event in enumerate(self.events):
-            self.positions.setdefault(event_key(event), []).append(position)
+        self.times = [e.time_ms for e in events]
+        positions: dict[str, list[int]] = {}  # event key → positions of its events, ascending
+        for position, key in enumerate(keys):
+            found = positions.get(key)
+            if found is None:
+                positions[key] = [position]
+            else:
+                found.append(position)
+        self.positions = positions
         self._selected: dict[EventMatcher, _Selected] = {}
         self._sums: dict[tuple[EventMatcher, str], list[float]] = {}
 
@@ -231,13 +254,18 @@ class EventMatcher:
     def select(self, history: PersonHistory) -> _Selected:
         found = history._selected.get(self)
         if found is None:
-            # One look per distinct event key of the person, then the `where` tests on those events.
-            known = self._keys
-            groups = [
-                group
-                for key, group in history.positions.items()
-                if (known[key] if key in known else self.key_matches(key))
-            ]
+            # One look per name, or per distinct event key of the person when there are globs; then
+            # the `where` tests on those events.
+            positions = history.positions
+            if self._regex is None:
+                groups = [group for name in self._exact if (group := positions.get(name)) is not None]
+            else:
+                known = self._keys
+                groups = [
+                    group
+                    for key, group in positions.items()
+                    if (known[key] if key in known else self.key_matches(key))
+                ]
             if not groups:
                 history._selected[self] = _NONE
                 return _NONE
@@ -316,9 +344,11 @@ def _window(times: list[int], lo: int, hi: int | None, now: int, test: Callable[
     left = 0 if hi is None else bisect_right(times, now - hi)
     value = test(left, right)
     while True:
-        enter = times[right] + lo if right < n else None
-        leave = times[left] + hi if hi is not None and left < right else None
-        moment = _earliest((enter, leave))
+        moment = times[right] + lo if right < n else None  # the next event enters
+        if hi is not None and left < right:  # the oldest one in the window leaves
+            leave = times[left] + hi
+            if moment is None or leave < moment:
+                moment = leave
         if moment is None:
             return value, None
         while right < n and times[right] + lo <= moment:
@@ -335,15 +365,32 @@ class _Count(_Node):
         self.matcher, self.lo, self.hi, self.least, self.most = matcher, lo, hi, least, most
 
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
+        """`_window` with the count's test written in (the hottest node: no closure, no calls)."""
         least, most = self.least, self.most
         times = self.matcher.select(history).times
         if not times:  # nothing will enter the window: the count stays 0
             return least == 0, None
-
-        def test(left: int, right: int) -> bool:
-            return least <= right - left and (most is None or right - left <= most)
-
-        return _window(times, self.lo, self.hi, now, test)
+        lo, hi, n = self.lo, self.hi, len(times)
+        right = bisect_right(times, now - lo)
+        left = 0 if hi is None else bisect_right(times, now - hi)
+        count = right - left
+        value = least <= count and (most is None or count <= most)
+        while True:
+            moment = times[right] + lo if right < n else None  # the next event enters
+            if hi is not None and left < right:  # the oldest one in the window leaves
+                leave = times[left] + hi
+                if moment is None or leave < moment:
+                    moment = leave
+            if moment is None:
+                return value, None
+            while right < n and times[right] + lo <= moment:
+                right += 1
+            if hi is not None:
+                while left < right and times[left] + hi <= moment:
+                    left += 1
+            count = right - left
+            if (least <= count and (most is None or count <= most)) != value:
+                return value, moment
 
 
 class _Sum(_Node):
@@ -371,14 +418,15 @@ class _First(_Node):
         times = self.matcher.select(history).times
         if not times:
             return False, None
-        first, lo, hi = times[0], self.lo, self.hi
-
-        def value(moment: int) -> bool:
-            return first + lo <= moment and (hi is None or moment < first + hi)
-
-        current = value(now)
-        for moment in sorted(m for m in (first + lo, None if hi is None else first + hi) if m is not None):
-            if moment > now and value(moment) != current:
+        enter = times[0] + self.lo
+        leave = None if self.hi is None else times[0] + self.hi
+        current = enter <= now and (leave is None or now < leave)
+        for moment in (enter, leave) if leave is None or enter <= leave else (leave, enter):
+            if (
+                moment is not None
+                and moment > now
+                and (enter <= moment and (leave is None or moment < leave)) != current
+            ):
                 return current, moment
         return current, None
 
@@ -392,29 +440,28 @@ class _Last(_Node):
         n = len(times)
         if not n:
             return False, None
-
-        def value(right: int, moment: int) -> bool:
-            if right == 0:
-                return False
-            last = times[right - 1]
-            return last + lo <= moment and (hi is None or moment < last + hi)
-
-        right = bisect_right(times, now)
-        current = value(right, now)
+        right = bisect_right(times, now)  # times[right - 1] is the last event at `now`
+        current = right > 0 and times[right - 1] + lo <= now and (hi is None or now < times[right - 1] + hi)
         moment = now
-        while True:
-            candidates: list[int | None] = [times[right] if right < n else None]
+        while True:  # the next moment: a later event, or the last one entering or leaving the band
+            upcoming = times[right] if right < n else None
             if right:
                 last = times[right - 1]
-                candidates += [last + lo if last + lo > moment else None]
-                candidates += [last + hi if hi is not None and last + hi > moment else None]
-            upcoming = _earliest(candidates)
+                if last + lo > moment and (upcoming is None or last + lo < upcoming):
+                    upcoming = last + lo
+                if hi is not None and last + hi > moment and (upcoming is None or last + hi < upcoming):
+                    upcoming = last + hi
             if upcoming is None:
                 return current, None
             moment = upcoming
             while right < n and times[right] <= moment:
                 right += 1
-            if value(right, moment) != current:
+            value = (
+                right > 0
+                and times[right - 1] + lo <= moment
+                and (hi is None or moment < times[right - 1] + hi)
+            )
+            if value != current:
                 return current, moment
 
 
@@ -437,10 +484,11 @@ class _AbsentSince(_Node):
             return hi == lo or (hi - lo == 1 and found.indices[lo] == anchor_index)
 
         current = value(now)
-        upcoming = merge(
-            found.times[bisect_right(found.times, now) :], anchors.times[bisect_right(anchors.times, now) :]
-        )
-        for moment in upcoming:
+        later = found.times[bisect_right(found.times, now) :]
+        later_anchors = anchors.times[bisect_right(anchors.times, now) :]
+        if not later and not later_anchors:  # nothing ahead: only a new event changes it
+            return current, None
+        for moment in merge(later, later_anchors):
             if value(moment) != current:
                 return current, moment
         return current, None
@@ -467,14 +515,30 @@ class _MemberOf(_Node):
 class _All(_Node):
     def __init__(self, children: list[_Node]) -> None:
         self.children = children
+        # A part that is false and can't change settles an `all` (true and can't change: an `any`):
+        # the rest need not be looked at, unless one of them reads a membership, which must then
+        # be given (evaluating it is what says so).
+        self.may_stop = not any(_reads_members(child) for child in children)
 
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
-        return combine_all([c.outcome(history, now, members) for c in self.children])
+        parts: list[Outcome] = []
+        for child in self.children:
+            part = child.outcome(history, now, members)
+            if part[1] is None and not part[0] and self.may_stop:
+                return part
+            parts.append(part)
+        return combine_all(parts)
 
 
 class _Any(_All):
     def outcome(self, history: PersonHistory, now: int, members: Memberships) -> Outcome:
-        return combine_any([c.outcome(history, now, members) for c in self.children])
+        parts: list[Outcome] = []
+        for child in self.children:
+            part = child.outcome(history, now, members)
+            if part[1] is None and part[0] and self.may_stop:
+                return part
+            parts.append(part)
+        return combine_any(parts)
 
 
 class _Not(_Node):
@@ -486,6 +550,14 @@ class _Not(_Node):
         return not value, moment
 
 
+def _reads_members(node: _Node) -> bool:
+    if isinstance(node, _MemberOf):
+        return True
+    if isinstance(node, _All):  # and `_Any`
+        return any(_reads_members(child) for child in node.children)
+    return isinstance(node, _Not) and _reads_members(node.child)
+
+
 # ---- compiling ----------------------------------------------------------------------------------
 
 
@@ -494,12 +566,15 @@ class _Compiler:
 
     def __init__(self) -> None:
         self.matchers: dict[bytes, EventMatcher] = {}
+        self.used: set[EventMatcher] = set()  # the matchers of the audience being compiled
+        self.reads_more = False  # it reads the profile or another audience's membership too
 
     def matcher(self, event: str | list[str], where: Mapping[str, Test]) -> EventMatcher:
         key = msgspec.json.encode([sorted(patterns(event)), where], order="sorted")
         found = self.matchers.get(key)
         if found is None:
             found = self.matchers[key] = EventMatcher(event, where)
+        self.used.add(found)
         return found
 
     def node(self, c: Condition) -> _Node:
@@ -528,8 +603,10 @@ class _Compiler:
             test = Test(gt=s.gt, gte=s.gte, lt=s.lt, lte=s.lte)
             return _Sum(self.matcher(s.event, s.where), _Path(s.property), lo, hi, test)
         if c.profile is not None:
+            self.reads_more = True
             return _Profile(c.profile)
         if c.member_of is not None:
+            self.reads_more = True
             return _MemberOf(c.member_of)
         if c.all is not None:
             return _All([self.node(child) for child in c.all])
@@ -540,6 +617,7 @@ class _Compiler:
 
     def carry(self, spec: Carry) -> Callable[[PersonHistory, int], Any]:
         if spec.profile is not None:
+            self.reads_more = True
             path = _Path(spec.profile)
             return lambda history, now: path.lookup(history.profile)
         assert spec.event is not None
@@ -566,7 +644,18 @@ class _Compiler:
 
 
 class CompiledAudience:
-    __slots__ = ("carries", "definition", "exclude", "higher", "name", "rule", "states")
+    __slots__ = (
+        "_unseen",
+        "carries",
+        "definition",
+        "events_only",
+        "exclude",
+        "higher",
+        "matchers",
+        "name",
+        "rule",
+        "states",
+    )
 
     def __init__(
         self, name: str, definition: AudienceDefinition, compiler: _Compiler, higher: tuple[str, ...] = ()
@@ -577,11 +666,15 @@ class CompiledAudience:
             )
         self.name = name
         self.definition = definition
+        compiler.used, compiler.reads_more = set(), False
         self.rule = None if definition.rule is None else compiler.node(definition.rule)
         self.states = [(s.name, compiler.node(s.rule)) for s in definition.states or []]
         self.carries = {key: compiler.carry(spec) for key, spec in definition.qualifying_values.items()}
         self.exclude = tuple(definition.exclude)
         self.higher = higher  # audiences of its priority group with a higher priority
+        self.matchers = tuple(compiler.used)  # every event selector of its rule, states and values
+        self.events_only = not compiler.reads_more  # it reads no profile and no other audience
+        self._unseen: _Unseen | None = None
 
     def raw(
         self, history: PersonHistory, now: int, members: Memberships
@@ -602,13 +695,58 @@ class CompiledAudience:
         found = {key: carry(history, now) for key, carry in self.carries.items()}
         return {key: value for key, value in found.items() if value is not _MISSING}
 
+    def unseen(self, now: int) -> _Unseen:
+        """What it gives a history none of whose events any of its matchers selects: for an
+        `events_only` audience, what it gives an empty history, whoever the person is. Kept for the
+        last `now` (a recompute, or one batch of the engine, evaluates everyone at one moment)."""
+        found = self._unseen  # read once: another thread may replace it meanwhile
+        if found is None or found.now != now:
+            empty = PersonHistory(())
+            alone = None  # the result itself, when no other audience has a say in it
+            if not self.exclude and not self.higher:
+                alone = _finish(self, empty, now, {})
+            found = self._unseen = _Unseen(now, self.raw(empty, now, {}), self.values(empty, now), alone)
+        return found
+
+
+class _Unseen(NamedTuple):
+    now: int
+    raw: tuple[bool, int | None, str | None]
+    values: dict[str, Any]  # shared by every result it gives: read-only
+    result: Result | None
+
 
 class CompiledAudiences:
-    __slots__ = ("audiences", "order")
+    __slots__ = ("_touched", "audiences", "in_order", "order")
 
     def __init__(self, order: list[str], audiences: dict[str, CompiledAudience]) -> None:
         self.order = order
         self.audiences = audiences
+        referenced = {  # the audiences whose membership another one reads
+            other
+            for audience in audiences.values()
+            for other in (*audience.exclude, *audience.higher, *member_refs(audience.definition))
+        }
+        self.in_order = [(name, audiences[name], name in referenced) for name in order]
+        self._touched: dict[str, frozenset[str]] = {}
+
+    def touched(self, history: PersonHistory) -> set[str]:
+        """The audiences with a matcher that matches the key of one of the history's events (the
+        others select nothing from it)."""
+        found: set[str] = set()
+        cache = self._touched
+        for key in history.positions:
+            names = cache.get(key)
+            if names is None:
+                names = frozenset(
+                    name
+                    for name, audience in self.audiences.items()
+                    if any(matcher.key_matches(key) for matcher in audience.matchers)
+                )
+                if len(cache) < _KEY_CACHE_LIMIT:
+                    cache[key] = names
+            found |= names
+        return found
 
 
 def compile_audience(target: AudienceDefinition | Condition, name: str = "audience") -> CompiledAudience:
@@ -638,12 +776,27 @@ def compile_all(definitions: Mapping[str, AudienceDefinition]) -> CompiledAudien
     return CompiledAudiences(order, compiled)
 
 
-def _finish(audience: CompiledAudience, history: PersonHistory, now: int, members: Memberships) -> Result:
-    value, moment, state = audience.raw(history, now, members)
+def _finish(
+    audience: CompiledAudience,
+    history: PersonHistory,
+    now: int,
+    members: Memberships,
+    unseen: _Unseen | None = None,
+) -> Result:
+    """The audience's result, after its exclusions and priority group. `unseen`: the audience's own
+    events are not in the history (see `CompiledAudiences.touched`), and this is what it gives."""
+    values: dict[str, Any] | None = None
+    if unseen is not None:
+        (value, moment, state), values = unseen.raw, unseen.values
+    elif audience.rule is not None:  # `raw`, written in for the common case
+        (value, moment), state = audience.rule.outcome(history, now, members), None
+    else:
+        value, moment, state = audience.raw(history, now, members)
     if not audience.exclude and not audience.higher:
         if not value:
             return Result(member=False, next_check_ms=moment)
-        values = audience.values(history, now) if audience.carries else {}
+        if values is None:
+            values = audience.values(history, now) if audience.carries else {}
         return Result(member=True, values=values, next_check_ms=moment, state=state)
     parts: list[Outcome] = [(value, moment)]
     for other in audience.exclude + audience.higher:
@@ -654,7 +807,9 @@ def _finish(audience: CompiledAudience, history: PersonHistory, now: int, member
     member, next_check = combine_all(parts)
     if not member:
         return Result(member=False, next_check_ms=next_check)
-    return Result(member=True, values=audience.values(history, now), next_check_ms=next_check, state=state)
+    if values is None:
+        values = audience.values(history, now)
+    return Result(member=True, values=values, next_check_ms=next_check, state=state)
 
 
 def evaluate(
@@ -678,10 +833,16 @@ def evaluate_all(
     compiled = definitions if isinstance(definitions, CompiledAudiences) else compile_all(definitions)
     results: dict[str, Result] = {}
     members: dict[str, Outcome] = {}
-    for name in compiled.order:
-        result = _finish(compiled.audiences[name], history, now_ms, members)
+    touched = compiled.touched(history)
+    for name, audience, referenced in compiled.in_order:
+        if audience.events_only and name not in touched:  # none of its events: as for everyone so
+            unseen = audience.unseen(now_ms)
+            result = unseen.result or _finish(audience, history, now_ms, members, unseen)
+        else:
+            result = _finish(audience, history, now_ms, members)
         results[name] = result
-        members[name] = (result.member, result.next_check_ms)
+        if referenced:
+            members[name] = (result.member, result.next_check_ms)
     return results
 
 
