@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
+import msgspec
 from segment.analytics.client import Client
 
 from loopwire.model import decode_event
@@ -128,3 +130,38 @@ def test_event_time_is_the_message_timestamp_in_every_accepted_form(loopwire: An
         assert answer.status_code == 200 and "rejected" not in answer.json()
         times = {e.id: e.time_ms for e in logged(runtime)}
     assert times == {f"m-{n}": ms for n, ms in enumerate(forms.values())}
+
+
+def test_batch_messages_are_measured_by_their_compact_encoding(loopwire: Any) -> None:
+    # 32 KB per message (segment.md §4), measured on the compact encoding. The raw JSON of the second
+    # message is over the limit only because of whitespace; the third is small as sent but grows past
+    # the limit once its floats are written out (1e15 is 1000000000000000.0).
+    def track(n: int, **properties: Any) -> dict[str, Any]:
+        return {
+            "type": "track",
+            "userId": "u-1",
+            "event": "Viewed",
+            "messageId": f"m-{n}",
+            "properties": properties,
+        }
+
+    padded = json.dumps(track(1, note="y" * 20_000), indent=12_000).encode()
+    assert len(padded) > 32_768
+    grows = track(2, **{f"p{k}": "__FLOAT__" for k in range(2_000)})
+    grows_raw = json.dumps(grows).replace('"__FLOAT__"', "1e15").encode()
+    assert len(grows_raw) < 32_000 and len(msgspec.json.encode(msgspec.json.decode(grows_raw))) > 32_768
+    headers = {"Content-Type": "application/json"}
+    with loopwire(extra_sources=SOURCES, env=ENV) as (url, runtime):
+        body = b'{"writeKey": "' + WRITE_KEY.encode() + b'", "batch": [' + padded + b"]}"
+        assert httpx.post(f"{url}/v1/batch", content=body, headers=headers).json() == {"success": True}
+        body = (
+            b'{"writeKey": "'
+            + WRITE_KEY.encode()
+            + b'", "batch": [{"type": "track", "userId": "u", "event": "A"},'
+            + grows_raw
+            + b"]}"
+        )
+        refused = httpx.post(f"{url}/v1/batch", content=body, headers=headers)
+        assert (refused.status_code, refused.json()["code"]) == (400, "payload_too_large")
+        assert "Message 1 of the batch" in refused.json()["message"]
+        assert [e.id for e in logged(runtime)] == ["m-1"]
