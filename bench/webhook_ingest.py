@@ -157,9 +157,11 @@ def run(
     rounds: int = 2,
     paced_duration: int = 10,
     paced_connections: int = 128,
+    saturation_connections: int = 256,
 ) -> list[Result]:
     """`rounds` rounds of bare hello → Starlette hello → loopwire, every other round reversed (so a
-    drift in the machine's speed falls on both sides alike); then one paced run for latency."""
+    drift in the machine's speed falls on both sides alike); one pair more at `saturation_connections`
+    (loopwire paused, then hello); then one paced run for latency."""
     with tempfile.TemporaryDirectory(prefix="loopwire-bench-ingest-") as tmp:
         work = Path(tmp)
         requests_file = work / "requests.tsv"
@@ -182,6 +184,12 @@ def run(
                     stack = "none" if kind == "hello" else "starlette"
                     result = hello_run(work, stack, requests_file, wrk_args)
                 runs[kind].append(result)
+        # At 64 connections each request waits for its group's fsync, so loopwire is partly bound by
+        # latency there; with more senders its groups grow and the event loop's CPU is the limit.
+        many_args = {**wrk_args, "connections": saturation_connections}
+        many, many_check = loopwire_run(work, "saturated", requests_file, many_args, paused=True)
+        checks.append({"run": "saturated", **many_check})
+        many_hello = hello_run(work, "none", requests_file, many_args)
         paced_args = {"connections": paced_connections, "threads": threads, "duration": paced_duration}
         paced, paced_check = loopwire_run(work, "latency", requests_file, paced_args, rate=OFFERED_RATE)
         paced_paused, _ = loopwire_run(
@@ -228,6 +236,18 @@ def run(
         baseline_label="Starlette hello-world",
         details={"starlette_vs_bare_ratio": _pooled(runs["starlette"]) / _pooled(runs["hello"])},
     )
+    saturated = Result(
+        name=f"the same at {saturation_connections} connections (destination paused)",
+        value=many.rate,
+        unit="req/s",
+        baseline=many_hello.rate,
+        baseline_label=f"hello-world at {saturation_connections} connections",
+        details={
+            "command": many.command,
+            "latency_ms": _ms(many.latency_us),
+            "baseline_latency_ms": _ms(many_hello.latency_us),
+        },
+    )
     p99_ms = paced.latency_us["p99"] / 1000
     latency = Result(
         name=f"webhook ingest p99, delivery running, at {paced.rate:,.0f} req/s achieved ({OFFERED_RATE:,} offered)",
@@ -260,7 +280,7 @@ def run(
         higher_is_better=False,
         details={"latency_ms": _ms(paced_paused.latency_us), "achieved_rps": paced_paused.rate},
     )
-    return [throughput, delivering, framework, latency, latency_paused]
+    return [throughput, delivering, framework, saturated, latency, latency_paused]
 
 
 def _ms(latency_us: dict[str, float]) -> dict[str, float]:
