@@ -153,7 +153,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
     webhook_config = config.sources.customerio_webhooks
     if webhook_config is not None:
         handler = CustomerioWebhooks(
-            webhook_config, runtime.ingest, runtime.metrics, config.server.max_body_bytes, clock
+            webhook_config, runtime.ingest.one, runtime.metrics, config.server.max_body_bytes, clock
         )
         fast[("POST", "/webhooks/customerio")] = handler
     amplitude_config = config.sources.amplitude_api

@@ -29,6 +29,18 @@ class Ingest:
         self._metrics = metrics
         self._wake = wake
 
+    async def one(self, event: Event) -> bool:
+        """`ingest([event])` for the webhook path, without the bookkeeping a batch needs."""
+        dests = [name for name, accepts in self._takes.items() if accepts(event)]
+        (fresh,) = await self._store.append((event,), (dests,))
+        if not fresh:
+            self._metrics.duplicates.labels(event.source).inc()
+        elif not dests:
+            self._metrics.unrouted.labels(event.source).inc()
+        for name in dests if fresh else ():
+            self._wake(name)
+        return fresh
+
     async def __call__(self, events: Sequence[Event]) -> list[bool]:
         takes = self._takes
         routes: Sequence[Sequence[str]] = (

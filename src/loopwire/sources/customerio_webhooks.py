@@ -114,7 +114,7 @@ class CustomerioWebhooks:
     def __init__(
         self,
         config: CustomerioWebhooksConfig,
-        ingest: Callable[[Sequence[Event]], Awaitable[list[bool]]],
+        ingest: Callable[[Event], Awaitable[bool]],
         metrics: Metrics,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
@@ -150,7 +150,7 @@ class CustomerioWebhooks:
             await respond(send, error.status, error_body(error))
             return
         try:
-            (fresh,) = await self._ingest([event])
+            fresh = await self._ingest(event)
         except Exception:  # the commit failed (disk full, I/O error): nothing is durable, say so
             log.exception("could not commit Customer.io event %s", event.id)
             self._metrics.requests.labels(SOURCE, "failed").inc()
