@@ -8,6 +8,7 @@ import pytest
 
 from loopwire.model import Event, decode_event, encode_event
 from loopwire.store import Settlement, Store
+from loopwire.store import sqlite as sqlite_store
 from loopwire.store.migrations import MIGRATIONS
 
 
@@ -221,3 +222,95 @@ def test_a_duplicate_of_an_older_event_in_a_mixed_group_gets_no_outbox_row(store
     seqs = store.read(lambda c: c.execute("SELECT seq FROM outbox ORDER BY seq").fetchall())
     assert seqs == [(1,), (2,), (3,)]
     assert store.event_count() == 3
+
+
+# ---- the two ways appends reach the log ---------------------------------------------------------
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> sqlite3.Connection:
+    """A migrated connection prepared like the store's writer, driven directly (no thread), so the
+    make-up of a group is exact."""
+    Store(tmp_path / "log.db").close()
+    conn = sqlite_store.connect(tmp_path / "log.db")
+    yield conn
+    conn.close()
+
+
+GROUP = [
+    ([event(1), event(2)], [["amplitude"], ["amplitude", "segment"]]),
+    ([event(1), event(3)], [["amplitude"], []]),  # a copy of an event earlier in the group; an older one
+    ([event(4), event(4)], [[], []]),  # unrouted, twice
+]
+
+
+@pytest.mark.parametrize("way", ["view", "many"])
+def test_both_ways_report_every_duplicate_across_a_groups_jobs(
+    writer: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_VIEW_MAX_ROWS", 128 if way == "view" else 0)
+    duplicates = sqlite_store._prepare_ingest(writer)
+    sqlite_store._append(writer, [sqlite_store._Append([event(3)], [["amplitude"]])], duplicates)
+    jobs = [sqlite_store._Append(events, routes) for events, routes in GROUP]
+    writer.execute("BEGIN IMMEDIATE")
+    assert sqlite_store._append(writer, jobs, duplicates) == [[True, True], [False, False], [True, False]]
+    writer.execute("COMMIT")
+    outbox = writer.execute(
+        "SELECT o.dest, e.id, o.state, o.enqueued_ms, o.next_ms, o.updated_ms FROM outbox o"
+        " JOIN events e ON e.seq = o.seq ORDER BY e.id, o.dest"
+    ).fetchall()
+    assert [(dest, ident) for dest, ident, *_ in outbox] == [
+        ("amplitude", "evt-00001"),
+        ("amplitude", "evt-00002"),
+        ("segment", "evt-00002"),
+        ("amplitude", "evt-00003"),
+    ]
+    assert {tuple(row[2:]) for row in outbox} == {("pending", 5_000, 5_000, 5_000)}
+    assert writer.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
+
+
+def test_the_view_gives_outbox_rows_the_new_events_seq(writer: sqlite3.Connection) -> None:
+    duplicates = sqlite_store._prepare_ingest(writer)
+    routes = [["a", "b", "c"], [], ["a"], ["b"], ["c", "a"]]
+    sqlite_store._append_by_view(
+        writer, [sqlite_store._Append([event(n) for n in range(1, 6)], routes)], duplicates
+    )
+    rows = writer.execute(
+        "SELECT e.seq, e.id, o.dest FROM outbox o JOIN events e USING (seq) ORDER BY 1, 3"
+    ).fetchall()
+    assert [(ident, dest) for _, ident, dest in rows] == [
+        ("evt-00001", "a"),
+        ("evt-00001", "b"),
+        ("evt-00001", "c"),
+        ("evt-00003", "a"),
+        ("evt-00004", "b"),
+        ("evt-00005", "a"),
+        ("evt-00005", "c"),
+    ]
+
+
+@pytest.mark.parametrize("view_max", [128, 0])
+def test_a_group_is_one_commit_whichever_way_it_goes(
+    store: Store, monkeypatch: pytest.MonkeyPatch, view_max: int
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_VIEW_MAX_ROWS", view_max)
+    monkeypatch.setattr(sqlite_store, "_ROWS_PER_INSERT", 2)  # several statements on the big way
+    commits = store.commits
+    fresh = store.append_sync([event(n) for n in (1, 2, 3, 2, 4)], [["amplitude"]] * 5)
+    assert fresh == [True, True, True, False, True]
+    assert store.commits == commits + 1
+    assert store.counts()["amplitude"]["pending"] == 4
+
+
+def test_appends_alone_in_autocommit_are_durable_when_answered(store: Store, tmp_path: Path) -> None:
+    assert store.append_sync([event(1), event(2)], [["amplitude"], []]) == [True, True]
+    other = sqlite3.connect(tmp_path / "log.db")  # another connection sees them: committed
+    assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+    assert other.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+    assert other.execute("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'ingest%'").fetchone()[0] == 0
+    other.close()
+
+
+def test_an_append_of_no_events_is_answered(store: Store) -> None:
+    assert store.append_sync([], []) == []
+    assert store.append_sync([event(1)], [["amplitude"]]) == [True]
