@@ -123,14 +123,12 @@ class Store:
         results: list[tuple[bool, Any]] = []
         appends = [job for job, _ in batch if isinstance(job, _Append)]
         try:
-            if len(appends) == len(batch) and sum(len(a.ids) for a in appends) <= _VIEW_MAX_ROWS:
-                # A few appends alone need no BEGIN and no COMMIT of their own: in autocommit the
-                # INSERT into the ingest view is its own transaction, fsync'd before it returns, and
-                # the writer makes one call into SQLite (one GIL hand-off) for the whole group.
-                merged = iter(_append_by_view(conn, appends, self._duplicates))
-            else:
+            # A few appends alone need no BEGIN and no COMMIT of their own: in autocommit the INSERT
+            # into the ingest view is its own transaction, fsync'd before it returns, and the writer
+            # makes one call into SQLite (one GIL hand-off) for the whole group.
+            if len(appends) < len(batch) or sum(len(a.ids) for a in appends) > _VIEW_MAX_ROWS:
                 conn.execute("BEGIN IMMEDIATE")
-                merged = iter(_append(conn, appends, self._duplicates))
+            merged = iter(_append(conn, appends, self._duplicates))
             for job, _ in batch:
                 if isinstance(job, _Append):
                     results.append((True, next(merged)))
@@ -440,9 +438,8 @@ class _Append:
 
 
 def _append(conn: sqlite3.Connection, appends: Sequence[_Append], duplicates: list[str]) -> list[list[bool]]:
-    """Append inside the caller's transaction; per append, True where the event is new."""
-    if not appends:
-        return []
+    """Append (inside the caller's transaction, or alone in autocommit through the view); per
+    append, True where the event is new."""
     if sum(len(a.ids) for a in appends) <= _VIEW_MAX_ROWS:
         return _append_by_view(conn, appends, duplicates)
     return _append_many(conn, appends)
@@ -530,7 +527,7 @@ def _append_many(conn: sqlite3.Connection, appends: Sequence[_Append]) -> list[l
     return results
 
 
-# Claims and settlements, like appends, are a statement or two whatever their size (see _VIEW_MAX_ROWS): the
+# Claims and settlements, like appends, are a statement or two whatever their size: the
 # claimed rows come back as one JSON value, the settled seqs go in as one.
 _CLAIM_SELECT = (
     "SELECT json_group_array(json_array(o.seq, o.attempts + 1, o.enqueued_ms, json(CAST(e.body AS TEXT))))"
