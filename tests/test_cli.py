@@ -436,3 +436,39 @@ def test_audience_versions_are_enforced_and_kept_in_a_changelog(tmp_path: Path) 
     listed = json.loads(runner.invoke(app, ["audiences", "list", "--config", str(path), "--json"]).stdout)
     assert listed == [{"audience": "clickers", "version": 2, "members": 0, "description": "clicked lately"}]
     assert runner.invoke(app, ["audiences", "history", "nope", "--config", str(path)]).exit_code == 1
+
+
+def test_serve_tunes_the_interpreter_before_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/performance.md: the GIL switch interval and the collector's settings are worth 15 % and
+    # more of the webhook rate; `loopwire serve` must make them before uvicorn starts.
+    import gc
+    import sys
+
+    import uvicorn
+
+    from loopwire import cli
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(application: Any, **options: Any) -> None:
+        seen["switch"] = sys.getswitchinterval()
+        seen["threshold"] = gc.get_threshold()
+        seen["frozen"] = gc.get_freeze_count()
+        seen["options"] = options
+
+    monkeypatch.setenv("AMP_KEY", "k" * 32)
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    switch, threshold = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        result = runner.invoke(app, ["serve", "--config", str(write_config(tmp_path))])
+    finally:
+        sys.setswitchinterval(switch)
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+    assert result.exit_code == 0, result.output
+    assert seen["switch"] == pytest.approx(cli.GIL_SWITCH_INTERVAL_S)
+    assert seen["threshold"][0] == cli.GC_GEN0_THRESHOLD
+    assert seen["frozen"] > 0
+    assert seen["options"]["loop"] == "uvloop" and seen["options"]["http"] == "httptools"
