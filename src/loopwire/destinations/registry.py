@@ -4,6 +4,7 @@ Adding a destination adds one row here (and its options to `config.DestinationOp
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import httpx
@@ -20,6 +21,7 @@ from loopwire.destinations.customerio import mapping as customerio_mapping
 from loopwire.destinations.customerio import overrides as customerio_overrides
 from loopwire.destinations.customerio import testing as customerio_testing
 from loopwire.destinations.customerio.options import CustomerioOptions
+from loopwire.destinations.routing import accepts
 from loopwire.destinations.segment import mapping as segment_mapping
 from loopwire.destinations.segment import overrides as segment_overrides
 from loopwire.destinations.segment import testing as segment_testing
@@ -35,6 +37,9 @@ class Kind(NamedTuple):
     map_event: Callable[[Event, Any, int], dict[str, Any] | Skip | Invalid]
     apply_overrides: Callable[[Any, list[str]], Any]
     default_map_options: Callable[[], Any]
+    # The destination's routing predicate (what `Destination.accepts` answers), built from its
+    # options alone: the ingest process routes webhooks with it, without building the destination.
+    takes: Callable[[Any], Callable[[Event], bool]]
 
 
 KINDS: dict[str, Kind] = {
@@ -46,6 +51,7 @@ KINDS: dict[str, Kind] = {
         amplitude_mapping.map_event,
         amplitude_overrides.apply_overrides,
         amplitude_overrides.default_map_options,
+        lambda options: partial(accepts, options.route, amplitude.AmplitudeDestination.default_sources),
     ),
     "segment": Kind(
         SegmentOptions,
@@ -55,6 +61,7 @@ KINDS: dict[str, Kind] = {
         segment_mapping.map_event,
         segment_overrides.apply_overrides,
         segment_overrides.default_map_options,
+        lambda options: partial(accepts, options.route, segment.SegmentDestination.default_sources),
     ),
     "customerio": Kind(
         CustomerioOptions,
@@ -64,6 +71,7 @@ KINDS: dict[str, Kind] = {
         customerio_mapping.map_event,
         customerio_overrides.apply_overrides,
         customerio_overrides.default_map_options,
+        customerio.takes,
     ),
 }
 
@@ -81,6 +89,10 @@ def build_destination(
     name: str, options: DestinationOptions, http: httpx.AsyncClient, memory: Memory
 ) -> Destination:
     return kind_of(options).build(name, options, http, memory)
+
+
+def router(options: DestinationOptions) -> Callable[[Event], bool]:
+    return kind_of(options).takes(options)
 
 
 async def test_connection(options: DestinationOptions) -> ConnectionResult:

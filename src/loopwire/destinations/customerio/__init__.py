@@ -24,8 +24,22 @@ log = logging.getLogger("loopwire.destinations.customerio")
 LEARNED_MAX = 100_000  # identifiers awaiting storage kept in process; beyond this, start over
 
 
+DEFAULT_SOURCES = frozenset({"amplitude", "segment", "loopwire"})
+
+
+def takes(options: CustomerioOptions) -> Callable[[Event], bool]:
+    """The destination's routing predicate. Sources and kinds as routed; `route.events` selects
+    events only (user updates follow `send_users`), so the event selection itself is `mapping.wants`."""
+    route = msgspec.structs.replace(options.route, events=None)
+
+    def accepts(event: Event) -> bool:
+        return route_accepts(route, DEFAULT_SOURCES, event) and mapping.wants(event, options) is None
+
+    return accepts
+
+
 class CustomerioDestination:
-    default_sources = frozenset({"amplitude", "segment", "loopwire"})
+    default_sources = DEFAULT_SOURCES
 
     def __init__(
         self,
@@ -45,18 +59,14 @@ class CustomerioDestination:
         self.concurrency = options.batching.concurrency
         self.linger = float(options.batching.linger)
         self.retry = options.retry
-        self._route = msgspec.structs.replace(options.route, events=None)
+        self._takes = takes(options)
         self._learned: dict[str, str] = {}  # identifiers seen in mapped events, not yet stored
         site_id, api_key = options.site_id.reveal(), options.api_key.reveal()
         # The Site ID is public (it ships in web snippets); the key and the Basic token are not.
         self._secrets = [base64.b64encode(f"{site_id}:{api_key}".encode()).decode(), api_key]
 
     def accepts(self, event: Event) -> bool:
-        # Sources and kinds as routed; `route.events` selects events only (user updates follow
-        # `send_users`), so the event selection itself is `mapping.wants`.
-        if not route_accepts(self._route, self.default_sources, event):
-            return False
-        return mapping.wants(event, self.options) is None
+        return self._takes(event)
 
     def recall(self, event: Event) -> mapping.Known:
         """What the mapping needs from memory: the identifier learned for this user or device, and
