@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -76,6 +76,50 @@ def error_body(error: InputError) -> bytes:
     return _encode({"error": {"code": error.code, "message": error.message}})
 
 
+class Verdict(NamedTuple):
+    """What the endpoint answers for one webhook, and what it counts."""
+
+    status: int
+    outcome: str  # accepted | duplicate | rejected | failed
+    code: str  # the error code of a refusal or a failure; "" otherwise
+    known: bool  # an accepted event of a documented object_type (customerio.md §1.3)
+    body: bytes
+
+
+def check(
+    keys: Sequence[hmac.HMAC],
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float,
+    window: float,
+) -> Event:
+    """Signature, then JSON and fields: the event of a webhook loopwire may commit (or `InputError`)."""
+    verify_signature(keys, timestamp, signature, body, now, window)
+    return parse_webhook(body, int(now * 1000))
+
+
+def refused(error: InputError) -> Verdict:
+    return Verdict(error.status, "rejected", error.code, False, error_body(error))
+
+
+def answered(event: Event, fresh: bool) -> Verdict:
+    status = b"accepted" if fresh else b"duplicate"
+    body = b'{"status":"' + status + b'","event_id":' + _encode(event.id) + b"}"
+    return Verdict(200, status.decode(), "", fresh and is_known_pair(event), body)
+
+
+# The commit failed (disk full, I/O error, the ingest process gone): nothing is durable, say so.
+FAILED = Verdict(
+    503,
+    "failed",
+    "store_unavailable",
+    False,
+    error_body(InputError(503, "store_unavailable", "could not commit the event; retry")),
+)
+Forward = Callable[[str | None, str | None, bytes], Awaitable[Verdict]]
+
+
 JSON_TYPE = (b"content-type", b"application/json")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -109,7 +153,11 @@ async def respond(send: Send, status: int, body: bytes) -> None:
 
 class CustomerioWebhooks:
     """A bare ASGI endpoint: this is the hottest path in loopwire, so it skips the framework's
-    request objects (see docs/performance.md)."""
+    request objects (see docs/performance.md).
+
+    With `forward`, the checks and the commit happen in loopwire's ingest process
+    (loopwire/ingest_process.py): this endpoint reads the body and answers what it says. Without,
+    they happen here, and the event is committed through `ingest`."""
 
     def __init__(
         self,
@@ -118,10 +166,12 @@ class CustomerioWebhooks:
         metrics: Metrics,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
+        forward: Forward | None = None,
     ) -> None:
         self._keys = keyed(key.reveal().encode() for key in config.signing_keys)
         self._window = float(config.replay_window)
         self._ingest = ingest
+        self._forward = forward
         self._metrics = metrics
         self._limit = max_body_bytes
         self._clock = clock
@@ -140,30 +190,36 @@ class CustomerioWebhooks:
                 length = value
         try:
             body = await read_body(receive, length, self._limit)
-            now = self._clock()
-            verify_signature(self._keys, timestamp, signature, body, now, self._window)
-            event = parse_webhook(body, int(now * 1000))
         except InputError as error:
-            self._metrics.rejected.labels(SOURCE, error.code).inc()
-            self._metrics.requests.labels(SOURCE, "rejected").inc()
-            log.info("refused a Customer.io webhook: %s %s", error.status, error.code)
-            await respond(send, error.status, error_body(error))
-            return
-        try:
-            fresh = await self._ingest(event)
-        except Exception:  # the commit failed (disk full, I/O error): nothing is durable, say so
-            log.exception("could not commit Customer.io event %s", event.id)
-            self._metrics.requests.labels(SOURCE, "failed").inc()
-            failed = InputError(503, "store_unavailable", "could not commit the event; retry")
-            await respond(send, 503, error_body(failed))
-            return
-        if fresh:
+            verdict = refused(error)
+        else:
+            if self._forward is not None:
+                verdict = await self._forward(timestamp, signature, body)
+            else:
+                verdict = await self._commit(timestamp, signature, body)
+        if verdict.outcome == "accepted":
             self._accepted.inc()
-            if is_known_pair(event):
+            if verdict.known:
                 self._known.inc()
             else:
                 self._metrics.events.labels(SOURCE, "no").inc()
-        else:
+        elif verdict.outcome == "duplicate":
             self._duplicate.inc()
-        status = b"accepted" if fresh else b"duplicate"
-        await respond(send, 200, b'{"status":"' + status + b'","event_id":' + _encode(event.id) + b"}")
+        else:
+            self._metrics.requests.labels(SOURCE, verdict.outcome).inc()
+            if verdict.outcome == "rejected":
+                self._metrics.rejected.labels(SOURCE, verdict.code).inc()
+                log.info("refused a Customer.io webhook: %s %s", verdict.status, verdict.code)
+        await respond(send, verdict.status, verdict.body)
+
+    async def _commit(self, timestamp: str | None, signature: str | None, body: bytes) -> Verdict:
+        try:
+            event = check(self._keys, timestamp, signature, body, self._clock(), self._window)
+        except InputError as error:
+            return refused(error)
+        try:
+            fresh = await self._ingest(event)
+        except Exception:
+            log.exception("could not commit Customer.io event %s", event.id)
+            return FAILED
+        return answered(event, fresh)
