@@ -126,7 +126,7 @@ class Store:
             # A few appends alone need no BEGIN and no COMMIT of their own: in autocommit the INSERT
             # into the ingest view is its own transaction, fsync'd before it returns, and the writer
             # makes one call into SQLite (one GIL hand-off) for the whole group.
-            if len(appends) < len(batch) or sum(len(a.ids) for a in appends) > _VIEW_MAX_ROWS:
+            if len(appends) < len(batch) or _rows(appends) > _VIEW_MAX_ROWS:
                 conn.execute("BEGIN IMMEDIATE")
             merged = iter(_append(conn, appends, self._duplicates))
             for job, _ in batch:
@@ -437,12 +437,45 @@ class _Append:
             self.params += (e.received_ms, encode_event(e))
 
 
+def _rows(appends: Sequence[_Append]) -> int:
+    return sum(len(append.ids) for append in appends)
+
+
 def _append(conn: sqlite3.Connection, appends: Sequence[_Append], duplicates: list[str]) -> list[list[bool]]:
     """Append (inside the caller's transaction, or alone in autocommit through the view); per
     append, True where the event is new."""
-    if sum(len(a.ids) for a in appends) <= _VIEW_MAX_ROWS:
+    if _rows(appends) <= _VIEW_MAX_ROWS:
         return _append_by_view(conn, appends, duplicates)
     return _append_many(conn, appends)
+
+
+class Appender:
+    """Appends to the log of `path` from another process than the `Store`'s, in the calling thread:
+    the ingest process of `loopwire serve` (loopwire/ingest_process.py) commits webhooks with it
+    while the server's `Store` writes everything else. SQLite's own lock orders the two writers
+    (`busy_timeout`); each commit is fsync'd before `append` returns, as with `Store.append`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._conn = connect(path)
+
+    def append(self, groups: Sequence[tuple[Sequence[Event], Sequence[Sequence[str]]]]) -> list[list[bool]]:
+        """Commit several appends as one transaction; per append, True where the event is new. No
+        other thread waits for the interpreter lock here, so the two INSERTs (cheaper per event than
+        the ingest view's trigger) are the way for every group."""
+        appends = [_Append(events, routes) for events, routes in groups]
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = _append_many(conn, appends)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return fresh
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _append_by_view(
