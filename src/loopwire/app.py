@@ -20,6 +20,7 @@ from loopwire.audiences.engine import Engine, check_and_record_versions
 from loopwire.config import Config, DestinationOptions
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
+from loopwire.ingest_process import IngestProcess, Spec
 from loopwire.metrics import Metrics
 from loopwire.pipeline.delivery import Courier
 from loopwire.pipeline.router import Ingest
@@ -62,6 +63,16 @@ class Runtime:
             self.metrics,
             wake=self._wake,
         )
+        webhooks = config.sources.customerio_webhooks
+        self.ingest_process: IngestProcess | None = None
+        if webhooks is not None and config.server.ingest_process:
+            spec = Spec(
+                store=config.store.path,
+                signing_keys=[key.reveal() for key in webhooks.signing_keys],
+                replay_window=float(webhooks.replay_window),
+                destinations=dict(config.destinations),
+            )
+            self.ingest_process = IngestProcess(spec, self.metrics, self._wake)
 
     def _wake(self, name: str) -> None:
         courier = self.couriers.get(name)
@@ -69,6 +80,8 @@ class Runtime:
             courier.wake()
 
     async def start(self) -> None:
+        if self.ingest_process is not None:
+            await self.ingest_process.start()
         if self.config.experiments or self.config.audiences:
             self.engine = Engine(
                 self.store, self.config.experiments, self.ingest, self.config.audiences, clock=self.clock
@@ -83,6 +96,8 @@ class Runtime:
             courier.start()
 
     async def stop(self) -> None:
+        if self.ingest_process is not None:
+            await self.ingest_process.stop()
         if self.engine is not None:
             await self.engine.stop()
         for courier in self.couriers.values():
@@ -153,7 +168,12 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
     webhook_config = config.sources.customerio_webhooks
     if webhook_config is not None:
         handler = CustomerioWebhooks(
-            webhook_config, runtime.ingest.one, runtime.metrics, config.server.max_body_bytes, clock
+            webhook_config,
+            runtime.ingest.one,
+            runtime.metrics,
+            config.server.max_body_bytes,
+            clock,
+            forward=runtime.ingest_process,
         )
         fast[("POST", "/webhooks/customerio")] = handler
     amplitude_config = config.sources.amplitude_api

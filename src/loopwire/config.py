@@ -35,6 +35,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8411
     max_body_bytes: int = 1_048_576  # larger bodies get 413 before they are read in full
+    # Customer.io webhooks are checked and committed in a process of their own beside the server
+    # (loopwire/ingest_process.py), so the server's event loop only does HTTP for them; false keeps
+    # it all in the server's process (one core, or an app embedded in another ASGI server).
+    ingest_process: bool = True
 
 
 class CustomerioWebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
