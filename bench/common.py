@@ -223,15 +223,18 @@ def memory_kb(pid: int) -> dict[str, int]:
 # ---- the config loopwire runs with ----------------------------------------------------------------
 
 
-def write_config(path: Path, store: Path, base_url: str, **amplitude: Any) -> Path:
+def write_config(
+    path: Path, store: Path, base_url: str, server: dict[str, Any] | None = None, **amplitude: Any
+) -> Path:
     """examples/loopwire.yaml cut to the Customer.io webhook source and the amplitude destination, with
-    the store, the sandbox URL and `amplitude` options put in (nothing else in it may leave loopback)."""
+    the store, the sandbox URL, `server` and `amplitude` options put in (nothing else in it may leave
+    loopback)."""
     example = yaml.safe_load((ROOT / "examples" / "loopwire.yaml").read_text())
     destination = dict(example["destinations"]["amplitude"])
     destination["base_url"] = base_url
     document = {
         "store": {**example.get("store", {}), "path": str(store)},
-        "server": example.get("server", {}),
+        "server": {**example.get("server", {}), **(server or {})},
         "sources": {"customerio_webhooks": example["sources"]["customerio_webhooks"]},
         "destinations": {"amplitude": destination},
     }

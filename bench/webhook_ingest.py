@@ -94,10 +94,17 @@ def store_counts(db: Path) -> dict[str, int]:
 
 
 def loopwire_run(
-    work: Path, name: str, requests_file: Path, wrk_args: dict[str, Any], rate: int = 0, paused: bool = False
+    work: Path,
+    name: str,
+    requests_file: Path,
+    wrk_args: dict[str, Any],
+    rate: int = 0,
+    paused: bool = False,
+    in_process: bool = False,
 ) -> tuple[WrkRun, dict[str, Any]]:
     """A fresh store, a fresh sandbox, one wrk run; then the durability check. `paused`: the amplitude
-    destination is paused, so every event is committed and queued for it but none is sent."""
+    destination is paused, so every event is committed and queued for it but none is sent.
+    `in_process`: `server.ingest_process: false`, webhooks checked and committed in the server."""
     run_dir = work / name
     run_dir.mkdir()
     db = run_dir / "loopwire.db"
@@ -105,7 +112,8 @@ def loopwire_run(
     threads, connections = wrk_args["threads"], wrk_args["connections"]
     args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
     with amplitude_sandbox(sandbox_port, run_dir / "sandbox.log") as sandbox:
-        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url, paused=paused)
+        server = {"ingest_process": False} if in_process else {}
+        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url, server=server, paused=paused)
         with loopwire_serve(config, port, run_dir / "loopwire.log", LOOPWIRE_ENV) as server:
             run = run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
             counters = ingest_counters(server.url)
@@ -190,6 +198,10 @@ def run(
         many, many_check = loopwire_run(work, "saturated", requests_file, many_args, paused=True)
         checks.append({"run": "saturated", **many_check})
         many_hello = hello_run(work, "none", requests_file, many_args)
+        single, single_check = loopwire_run(
+            work, "in-process", requests_file, wrk_args, paused=True, in_process=True
+        )
+        checks.append({"run": "in-process", **single_check})
         paced_args = {"connections": paced_connections, "threads": threads, "duration": paced_duration}
         paced, paced_check = loopwire_run(work, "latency", requests_file, paced_args, rate=OFFERED_RATE)
         paced_paused, _ = loopwire_run(
@@ -280,7 +292,15 @@ def run(
         higher_is_better=False,
         details={"latency_ms": _ms(paced_paused.latency_us), "achieved_rps": paced_paused.rate},
     )
-    return [throughput, delivering, framework, saturated, latency, latency_paused]
+    in_server = Result(
+        name="the same in the server's process (server.ingest_process: false)",
+        value=single.rate,
+        unit="req/s",
+        baseline=throughput.baseline,
+        baseline_label="hello-world",
+        details={"command": single.command, "latency_ms": _ms(single.latency_us)},
+    )
+    return [throughput, delivering, framework, saturated, in_server, latency, latency_paused]
 
 
 def _ms(latency_us: dict[str, float]) -> dict[str, float]:
