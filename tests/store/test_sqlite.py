@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +316,56 @@ def test_appends_alone_in_autocommit_are_durable_when_answered(store: Store, tmp
 def test_an_append_of_no_events_is_answered(store: Store) -> None:
     assert store.append_sync([], []) == []
     assert store.append_sync([event(1)], [["amplitude"]]) == [True]
+
+
+def hold_write_lock(path: str, seconds: float) -> threading.Thread:
+    """Another writer (as the ingest process is to the server's store) holding the write lock."""
+    held = threading.Event()
+
+    def hold() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO cursors (name, seq) VALUES ('other-writer', 1)")
+        held.set()
+        time.sleep(seconds)
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    return thread
+
+
+@pytest.mark.parametrize("size", [1, 500], ids=["view", "two-inserts"])
+def test_a_writer_waits_for_the_other_writer_and_then_commits(store: Store, size: int) -> None:
+    holder = hold_write_lock(store.path, 0.2)
+    fresh = store.append_sync([event(n) for n in range(size)], [["amplitude"]] * size)
+    holder.join()
+    assert fresh == [True] * size
+    assert store.event_count() == size
+    assert store.run(
+        lambda c: c.execute("SELECT seq FROM cursors WHERE name = 'other-writer'").fetchone()
+    ) == (1,)
+
+
+def test_the_appender_of_another_process_waits_its_turn_too(store: Store) -> None:
+    appender = sqlite_store.Appender(store.path)
+    holder = hold_write_lock(store.path, 0.2)
+    try:
+        assert appender.append([([event(1), event(1)], [["amplitude"], ["amplitude"]])]) == [[True, False]]
+    finally:
+        holder.join()
+        appender.close()
+    assert store.counts()["amplitude"]["pending"] == 1
+
+
+def test_a_writer_gives_up_after_the_busy_timeout(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.05)
+    holder = hold_write_lock(store.path, 0.5)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.append_sync([event(1)], [["amplitude"]])
+    finally:
+        holder.join()
+    assert store.append_sync([event(1)], [["amplitude"]]) == [True]  # nothing of the failed one stayed

@@ -13,6 +13,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from itertools import chain
@@ -58,6 +59,30 @@ class Settlement(msgspec.Struct, frozen=True):
     response: str | None = None
 
 
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the other writer before its write fails
+_BUSY_POLL_S = 0.0001
+
+
+def _locked(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    """`BEGIN IMMEDIATE` (or a write in autocommit) once the write lock is free. The serving process
+    has two writers, the `Store`'s thread and the ingest process's `Appender`; SQLite's own busy
+    handler would sleep 1, 2, 5, 10 … ms at a time when the other one holds the lock for well under
+    one, so the writers' connections turn it off (`busy_timeout=0`) and poll every 0.1 ms here. A
+    failed attempt has written nothing, so it is simply made again."""
+    deadline = 0.0
+    while True:
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + BUSY_TIMEOUT_S
+            if now > deadline:
+                raise
+            time.sleep(_BUSY_POLL_S)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -81,6 +106,7 @@ class Store:
             self._recovered = conn.execute(
                 "UPDATE outbox SET state = 'pending' WHERE state = 'in_flight'"
             ).rowcount
+        conn.execute("PRAGMA busy_timeout=0")  # from here on, writes wait in `_locked`
         self._conn = conn
         # Reads go to a connection of their own (WAL: they see committed data and never wait for,
         # nor delay, the writer).
@@ -127,7 +153,7 @@ class Store:
             # into the ingest view is its own transaction, fsync'd before it returns, and the writer
             # makes one call into SQLite (one GIL hand-off) for the whole group.
             if len(appends) < len(batch) or _rows(appends) > _VIEW_MAX_ROWS:
-                conn.execute("BEGIN IMMEDIATE")
+                _locked(conn, "BEGIN IMMEDIATE")
             merged = iter(_append(conn, appends, self._duplicates))
             for job, _ in batch:
                 if isinstance(job, _Append):
@@ -452,11 +478,12 @@ def _append(conn: sqlite3.Connection, appends: Sequence[_Append], duplicates: li
 class Appender:
     """Appends to the log of `path` from another process than the `Store`'s, in the calling thread:
     the ingest process of `loopwire serve` (loopwire/ingest_process.py) commits webhooks with it
-    while the server's `Store` writes everything else. SQLite's own lock orders the two writers
-    (`busy_timeout`); each commit is fsync'd before `append` returns, as with `Store.append`."""
+    while the server's `Store` writes everything else. SQLite's write lock orders the two writers
+    (`_locked`); each commit is fsync'd before `append` returns, as with `Store.append`."""
 
     def __init__(self, path: str | Path) -> None:
         self._conn = connect(path)
+        self._conn.execute("PRAGMA busy_timeout=0")  # writes wait in `_locked`
 
     def append(self, groups: Sequence[tuple[Sequence[Event], Sequence[Sequence[str]]]]) -> list[list[bool]]:
         """Commit several appends as one transaction; per append, True where the event is new. No
@@ -464,7 +491,7 @@ class Appender:
         the ingest view's trigger) are the way for every group."""
         appends = [_Append(events, routes) for events, routes in groups]
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        _locked(conn, "BEGIN IMMEDIATE")
         try:
             fresh = _append_many(conn, appends)
             conn.execute("COMMIT")
@@ -490,8 +517,8 @@ def _append_by_view(
     if not params:  # appends of no events
         return [[] for _ in appends]
     duplicates.clear()
-    conn.execute(
-        _rows_sql("INSERT INTO ingest VALUES ", "(?,?,?,?,?,?,?,?,?,?,?)", len(params) // 11), params
+    _locked(
+        conn, _rows_sql("INSERT INTO ingest VALUES ", "(?,?,?,?,?,?,?,?,?,?,?)", len(params) // 11), params
     )
     if not duplicates:  # the usual case
         return [[True] * len(append.ids) for append in appends]
