@@ -31,7 +31,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +48,10 @@ from loopwire.store import Appender
 
 log = logging.getLogger("loopwire.ingest_process")
 
+# At most this many webhooks per commit. A bigger group would share its fsync among more webhooks,
+# but every one of them waits for the whole group, and meanwhile the server has nothing to answer:
+# with 64-256 senders, groups of 32 keep both processes busy (docs/performance.md).
+GROUP_MAX = 32
 READY_TIMEOUT_S = 30.0  # a process that is not ready by then has failed to start
 RESTART_DELAY_S = 1.0  # between attempts to start a new process after one died
 _LENGTH = struct.Struct("<I")
@@ -167,23 +171,30 @@ def _reply(rid: int, verdict: Verdict, wake: list[str] | None = None, unrouted: 
 
 
 def serve(spec: Spec, sock: socket.socket) -> None:
-    """Answer frames until the server closes its end. Whatever arrived while a group was being
-    committed is the next group: the group grows with the load, as the Store's writer does."""
+    """Answer frames until the server closes its end. Webhooks are committed in arrival order, at
+    most `GROUP_MAX` per commit: whatever arrived while a group was being committed makes the next
+    groups."""
     committer = Committer(spec)
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)  # as `loopwire serve` does (cli.py)
     sock.sendall(frame([]))
     buffer = bytearray()
+    waiting: list[Request] = []
     try:
         while True:
-            data = sock.recv(1 << 20)
-            if not data:
-                return
-            buffer += data
-            requests = [request for payload in unframe(buffer) for request in _requests.decode(payload)]
-            if requests:
-                sock.sendall(frame(committer.commit([committer.prepare(requests)])))
+            try:  # with webhooks waiting, only take what has already arrived
+                data = sock.recv(1 << 20, socket.MSG_DONTWAIT if waiting else 0)
+            except BlockingIOError:
+                pass
+            else:
+                if not data:
+                    return
+                buffer += data
+                waiting += [request for payload in unframe(buffer) for request in _requests.decode(payload)]
+            if waiting:
+                group, waiting = waiting[:GROUP_MAX], waiting[GROUP_MAX:]
+                sock.sendall(frame(committer.commit([committer.prepare(group)])))
     finally:
         committer.close()
 
@@ -236,7 +247,7 @@ class IngestProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._link: _Link | None = None
-        self._waiting: dict[int, asyncio.Future[Reply]] = {}
+        self._waiting: dict[int, asyncio.Future[Verdict]] = {}
         self._outgoing: list[Request] = []
         self._rid = 0
         self._stopping = False
@@ -273,23 +284,21 @@ class IngestProcess:
         self._process, self._transport, self._link = process, transport, link
         self.starts += 1
 
-    async def __call__(self, timestamp: str | None, signature: str | None, body: bytes) -> Verdict:
-        if self._link is None or self._link.lost or self._loop is None:
-            return FAILED  # between a crash and the restart
+    def __call__(self, timestamp: str | None, signature: str | None, body: bytes) -> Awaitable[Verdict]:
+        # A plain function returning the future: one coroutine frame less to resume per webhook.
+        loop = self._loop
+        future: asyncio.Future[Verdict]
+        if self._link is None or self._link.lost or loop is None:  # between a crash and the restart
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(FAILED)
+            return future
         self._rid += 1
-        future: asyncio.Future[Reply] = self._loop.create_future()
+        future = loop.create_future()
         self._waiting[self._rid] = future
         if not self._outgoing:
-            self._loop.call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(Request(self._rid, timestamp, signature, body))
-        reply = await future
-        if reply.outcome == "duplicate":
-            self._metrics.duplicates.labels(SOURCE).inc()
-        elif reply.unrouted:
-            self._metrics.unrouted.labels(SOURCE).inc()
-        for name in reply.wake:
-            self._wake(name)
-        return Verdict(reply.status, reply.outcome, reply.code, reply.known, reply.body)
+        return future
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
@@ -297,25 +306,28 @@ class IngestProcess:
             self._transport.write(frame(outgoing))
         else:
             for request in outgoing:
-                self._fail(request.rid)
+                self._settle(request.rid, FAILED)
 
     def _answer(self, replies: list[Reply]) -> None:
+        """Count and wake what the pipeline's `Ingest.one` would, then hand the verdict over."""
+        metrics = self._metrics
         for reply in replies:
-            future = self._waiting.pop(reply.rid, None)
-            if future is not None and not future.done():
-                future.set_result(reply)
+            if reply.outcome == "duplicate":
+                metrics.duplicates.labels(SOURCE).inc()
+            elif reply.unrouted:
+                metrics.unrouted.labels(SOURCE).inc()
+            for name in reply.wake:
+                self._wake(name)
+            self._settle(reply.rid, Verdict(reply.status, reply.outcome, reply.code, reply.known, reply.body))
 
-    def _fail(self, rid: int) -> None:
+    def _settle(self, rid: int, verdict: Verdict) -> None:
         future = self._waiting.pop(rid, None)
         if future is not None and not future.done():
-            verdict = FAILED
-            future.set_result(
-                Reply(rid, verdict.status, verdict.outcome, verdict.code, False, verdict.body, [], False)
-            )
+            future.set_result(verdict)
 
     def _lost(self, link: _Link) -> None:
         for rid in list(self._waiting):
-            self._fail(rid)
+            self._settle(rid, FAILED)
         if link is not self._link or self._stopping:
             return
         log.error(
