@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,17 @@ import yaml
 
 from loopwire.app import create_app
 from loopwire.config import Config
-from loopwire.ingest_process import Committer, IngestProcess, Request, Spec, frame, unframe
+from loopwire.ingest_process import (
+    GROUP_MAX,
+    Committer,
+    IngestProcess,
+    Reply,
+    Request,
+    Spec,
+    frame,
+    serve,
+    unframe,
+)
 from loopwire.metrics import Metrics
 from loopwire.sources.customerio_webhooks import FAILED
 from loopwire.store import Store
@@ -259,3 +270,39 @@ def test_sigkill_of_the_server_ends_its_ingest_process(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_the_process_commits_in_arrival_order_at_most_group_max_at_a_time(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "log.db", "http://127.0.0.1:9")
+    Store(config.store.path).close()
+    ours, theirs = socket.socketpair()
+    worker = threading.Thread(target=serve, args=(spec_for(config), theirs))
+    worker.start()
+    buffer = bytearray()
+    groups: list[list[Reply]] = []
+
+    def read_group() -> list[Reply]:
+        while True:
+            payloads = unframe(buffer)
+            if payloads:
+                (payload,) = payloads  # the process answers one group at a time
+                return msgspec.msgpack.decode(payload, type=list[Reply])
+            buffer.extend(ours.recv(1 << 16))
+
+    try:
+        assert read_group() == []  # ready
+        ours.sendall(frame([request(rid, webhook()) for rid in range(100)]))  # 100 at once
+        while sum(len(group) for group in groups) < 100:
+            groups.append(read_group())
+    finally:
+        ours.close()  # the process sees the end and returns
+        worker.join(10)
+    assert not worker.is_alive()
+    assert max(len(group) for group in groups) == GROUP_MAX and len(groups) >= 100 // GROUP_MAX + 1
+    assert [reply.rid for group in groups for reply in group] == list(range(100))
+    assert {reply.outcome for group in groups for reply in group} == {"accepted"}
+    store = Store(config.store.path, recover=False)
+    try:
+        assert store.event_count() == 100
+    finally:
+        store.close()
