@@ -73,10 +73,9 @@ def test_committer_accepts_once_and_refuses_precisely(tmp_path: Path) -> None:
     committer = Committer(spec_for(config))
     doc, other = webhook(), webhook(user_id="cust_2")
     try:
-        first = committer.commit([committer.prepare([request(1, doc), request(2, doc)])])
-        second = committer.commit(
-            [committer.prepare([request(3, doc), request(4, other, key="wrong-key")]), committer.prepare([])]
-        )
+        first = committer.commit(committer.prepare([request(1, doc), request(2, doc)]))
+        second = committer.commit(committer.prepare([request(3, doc), request(4, other, key="wrong-key")]))
+        assert committer.commit(committer.prepare([])) == []
     finally:
         committer.close()
     by_rid = {reply.rid: reply for reply in first + second}
@@ -104,7 +103,7 @@ def test_committer_routes_like_the_server(tmp_path: Path) -> None:
     committer = Committer(spec_for(config))
     try:
         replies = committer.commit(
-            [committer.prepare([request(1, webhook("email")), request(2, webhook("sms"))])]
+            committer.prepare([request(1, webhook("email")), request(2, webhook("sms"))])
         )
     finally:
         committer.close()
@@ -119,9 +118,7 @@ def test_a_failed_commit_answers_503_for_every_event_of_the_group(tmp_path: Path
     committer = Committer(spec_for(config))
     committer._appender.close()  # the next commit fails inside SQLite, as on an I/O error
     try:
-        replies = committer.commit(
-            [committer.prepare([request(1, webhook()), request(2, webhook(), key="x")])]
-        )
+        replies = committer.commit(committer.prepare([request(1, webhook()), request(2, webhook(), key="x")]))
     finally:
         committer._appender = type(committer._appender)(config.store.path)
         committer.close()

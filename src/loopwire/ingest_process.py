@@ -120,8 +120,8 @@ class Prepared(NamedTuple):
 
 
 class Committer:
-    """Checks and routes forwarded webhooks (`prepare`), then commits prepared groups together and
-    answers each webhook (`commit`)."""
+    """Checks and routes a group of forwarded webhooks (`prepare`), then commits it in one
+    transaction and answers each webhook (`commit`)."""
 
     def __init__(self, spec: Spec, clock: Callable[[], float] = time.time) -> None:
         self._keys = keyed(key.encode() for key in spec.signing_keys)
@@ -146,9 +146,8 @@ class Committer:
             )
         return prepared
 
-    def commit(self, groups: list[Prepared]) -> list[Reply]:
-        replies = [reply for group in groups for reply in group.refused]
-        accepted = [item for group in groups for item in group.accepted]
+    def commit(self, group: Prepared) -> list[Reply]:
+        replies, accepted = list(group.refused), group.accepted
         if not accepted:
             return replies
         try:
@@ -194,7 +193,7 @@ def serve(spec: Spec, sock: socket.socket) -> None:
                 waiting += [request for payload in unframe(buffer) for request in _requests.decode(payload)]
             if waiting:
                 group, waiting = waiting[:GROUP_MAX], waiting[GROUP_MAX:]
-                sock.sendall(frame(committer.commit([committer.prepare(group)])))
+                sock.sendall(frame(committer.commit(committer.prepare(group))))
     finally:
         committer.close()
 
