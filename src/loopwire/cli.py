@@ -84,6 +84,9 @@ def serve(
 ) -> None:
     """Run the sources, the log and delivery.
 
+    Customer.io webhooks are checked and committed by an ingest process the server starts beside
+    itself and stops with itself (`server.ingest_process: false` keeps it all in one process).
+
     Example: `loopwire serve --config loopwire.yaml`
     """
     import uvicorn
