@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -40,27 +41,28 @@ def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+def serve_config(directory: Path, **amplitude: Any) -> Path:
+    """A config file for `loopwire serve`: the webhook source, an amplitude destination with
+    `amplitude` options, the store in `directory`; secrets from the environment."""
+    config = directory / "loopwire.yaml"
+    destination = {"type": "amplitude", "api_key": "${AMP_KEY}", "region": "us", **amplitude}
+    document = {
+        "store": {"path": str(directory / "loopwire.db")},
+        "sources": {"customerio_webhooks": {"signing_keys": ["${CIO_KEY}"]}},
+        "destinations": {"amplitude": destination},
+    }
+    config.write_text(yaml.safe_dump(document))
+    return config
+
+
 def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     box = AmplitudeSandbox(api_keys=frozenset({API_KEY}))
     with serve_app(box.app) as sandbox_url:
-        config = tmp_path / "loopwire.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "store": {"path": str(tmp_path / "loopwire.db")},
-                    "sources": {"customerio_webhooks": {"signing_keys": ["${CIO_KEY}"]}},
-                    "destinations": {
-                        "amplitude": {
-                            "type": "amplitude",
-                            "api_key": "${AMP_KEY}",
-                            "region": "us",
-                            "base_url": sandbox_url,
-                            "batching": {"max_events": 50, "linger": "5ms"},
-                            "retry": {"initial_backoff": "50ms", "max_backoff": "200ms"},
-                        }
-                    },
-                }
-            )
+        config = serve_config(
+            tmp_path,
+            base_url=sandbox_url,
+            batching={"max_events": 50, "linger": "5ms"},
+            retry={"initial_backoff": "50ms", "max_backoff": "200ms"},
         )
         port = free_port()
         server = start_server(config, port)

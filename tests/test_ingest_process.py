@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import yaml
 
 from loopwire.app import create_app
 from loopwire.config import Config
@@ -36,7 +35,7 @@ from loopwire.store import Store
 from tests.conftest import SIGNING_KEY, make_config, post, wait_until
 from tests.helpers.cio import encode, signed_headers, webhook
 from tests.helpers.servers import free_port, serve_app
-from tests.test_crash import start_server
+from tests.test_crash import serve_config, start_server
 
 
 def request(rid: int, doc: dict[str, Any], key: str = SIGNING_KEY) -> Request:
@@ -231,23 +230,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_sigkill_of_the_server_ends_its_ingest_process(tmp_path: Path) -> None:
-    config = tmp_path / "loopwire.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "store": {"path": str(tmp_path / "log.db")},
-                "sources": {"customerio_webhooks": {"signing_keys": ["${CIO_KEY}"]}},
-                "destinations": {
-                    "amplitude": {
-                        "type": "amplitude",
-                        "api_key": "${AMP_KEY}",
-                        "region": "us",
-                        "paused": True,
-                    }
-                },
-            }
-        )
-    )
+    config = serve_config(tmp_path, paused=True)
     server = start_server(config, free_port())
     try:
         (child,) = children(server.pid)
