@@ -192,6 +192,7 @@ def test_a_killed_ingest_process_is_replaced_and_what_was_answered_2xx_is_kept(
         for sender in senders:
             sender.join()
         assert runtime.ingest_process.pid != first_pid
+        assert "loopwire_ingest_process_restarts_total 1.0" in httpx.get(f"{url}/metrics").text
         stored = set(
             runtime.store.read(lambda conn: [row[0] for row in conn.execute("SELECT id FROM events")])
         )

@@ -325,10 +325,13 @@ class IngestProcess:
             future.set_result(verdict)
 
     def _lost(self, link: _Link) -> None:
+        if link is not self._link:  # a process that never became ready: nothing waits on it
+            return
         for rid in list(self._waiting):
             self._settle(rid, FAILED)
-        if link is not self._link or self._stopping:
+        if self._stopping:
             return
+        self._metrics.ingest_restarts.inc()
         log.error(
             "the ingest process stopped unexpectedly; its unanswered webhooks got 503, starting another"
         )

@@ -55,6 +55,11 @@ class Metrics:
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
+        self.ingest_restarts = Counter(
+            "loopwire_ingest_process_restarts_total",
+            "Times the ingest process stopped unexpectedly and another was started",
+            registry=r,
+        )
         self.backlog = Gauge(
             "loopwire_outbox_events", "Outbox rows by state", ["destination", "state"], registry=r
         )
