@@ -8,6 +8,10 @@ from typing import Any
 
 import msgspec
 
+# The end of year 9999 in unix milliseconds: the latest moment an event may carry (every store and
+# vendor can hold dates up to it); sources refuse later ones, and earlier than 1970, with a 400.
+TIME_MAX_MS = 253_402_300_799_999
+
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One thing that happened, as loopwire keeps it in its log.

@@ -6,13 +6,16 @@ from __future__ import annotations
 import email.policy
 import http
 import math
+import re
 import zlib
 from collections.abc import Mapping
 from email.parser import BytesParser
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-import msgspec
+from loopwire import jsonsafe
+from loopwire.errors import InputError
+from loopwire.model import TIME_MAX_MS
 
 # Limits (amplitude.md §2.5, §3, §4.2). Megabytes are decimal and "<" is read strictly: where the
 # docs disagree the sandbox takes the stricter reading, so a client that passes here passes Amplitude.
@@ -26,6 +29,7 @@ IDENTIFY_MAX_BYTES = 20_000_000  # no documented limit (§4.1): a memory guard, 
 DEFAULT_MIN_ID_LENGTH = 5  # §2.2
 BATCH_EPS_LIMIT = 1_000.0  # per user/device on /batch (§3)
 DEDUPE_SECONDS = 7 * 86_400.0  # insert_id memory (§2.4)
+STRING_MAX_CHARS = 1_024  # "string values ... are limited to 1024 characters" [V2] (§2.2)
 
 # §2.4 "Invalid ids", compared lower-cased (the doc lists them lower-case; "NULL" is no better an id).
 INVALID_IDS = frozenset(
@@ -51,7 +55,6 @@ _ID_KEYS = ("user_id", "device_id")
 _EVENT_OBJECT_KEYS = ("event_properties", "user_properties", "groups", "group_properties")
 _IDENTIFY_OBJECT_KEYS = ("user_properties", "groups")
 _JSON_MEDIA = frozenset({"", "application/json", "text/plain"})  # text/plain: browser beacons (§5.1)
-_decoder = msgspec.json.Decoder()
 
 
 class Answer(NamedTuple):
@@ -85,6 +88,20 @@ def success(ingested: int, size: int, upload_ms: int) -> Answer:
 
 def too_large() -> Answer:
     return error(413, "Payload too large")
+
+
+_EVENT_FIELD = re.compile(r"\$\.events\[(\d+)\]\.(\w+)")
+
+
+def undecodable(problem: InputError) -> Answer:
+    """The 400 for a body `jsonsafe` refused. An integer out of range inside an event names the
+    event and field as Amplitude's own 400s do (§2.6); the rest is "Invalid JSON request body",
+    with loopwire's reason in `detail` (a key the SDKs ignore)."""
+    where = _EVENT_FIELD.match(problem.message.split("`")[1]) if problem.message.count("`") >= 2 else None
+    if problem.code == "number_out_of_range" and where is not None:
+        index, field = int(where.group(1)), where.group(2)
+        return error(400, "Invalid field values on some events", events_with_invalid_fields={field: [index]})
+    return error(400, "Invalid JSON request body", detail=problem.message)
 
 
 def missing_field(field: str, problems: Problems | None = None) -> Answer:
@@ -219,7 +236,7 @@ def _check_ids(
         value = item.get(key)
         if value is None:
             continue
-        if type(value) is not str or value.lower() in INVALID_IDS:
+        if type(value) is not str or len(value) > STRING_MAX_CHARS or value.lower() in INVALID_IDS:
             _add(problems.invalid, key, index)
             kept += 1  # already invalid: don't also report it as missing
         elif len(value) < min_length:
@@ -251,16 +268,17 @@ def check_events(events: list[dict[str, Any]], min_length: int) -> Problems:
         event_type = event.get("event_type")
         if event_type is None or event_type == "":
             _add(problems.missing, "event_type", index)
-        elif type(event_type) is not str:
+        elif type(event_type) is not str or len(event_type) > STRING_MAX_CHARS:
             _add(problems.invalid, "event_type", index)
         # The official SDKs send $groupidentify without user or device (Python `verify_event`
         # exempts it, amplitude.md §6.2): it updates a group, not a user.
         _check_ids(event, index, min_length, problems, event_type != "$groupidentify")
         moment = event.get("time")
-        if moment is not None and type(moment) is not int:  # integer ms only, no float/str (§2.2)
+        # Integer ms only, no float/str (§2.2); and a date, 1970 to year 9999 (model.TIME_MAX_MS).
+        if moment is not None and (type(moment) is not int or not 0 <= moment <= TIME_MAX_MS):
             _add(problems.invalid, "time", index)
         insert_id = event.get("insert_id")
-        if insert_id is not None and type(insert_id) is not str:
+        if insert_id is not None and (type(insert_id) is not str or len(insert_id) > STRING_MAX_CHARS):
             _add(problems.invalid, "insert_id", index)
         _check_objects(event, index, _EVENT_OBJECT_KEYS, problems)
     return problems
@@ -319,8 +337,8 @@ def _identifications(raw: str | None) -> list[dict[str, Any]] | None:
     if not raw:
         return None
     try:
-        doc = _decoder.decode(raw)
-    except msgspec.DecodeError:
+        doc = jsonsafe.decode(raw)
+    except InputError:
         return None
     if type(doc) is dict:
         return [doc]
@@ -354,8 +372,8 @@ def check_identify(form: Mapping[str, str], api_keys: frozenset[str] | None) -> 
         return error(400, "missing_event")  # §4.1: identification missing or malformed
     options = form.get("options")  # sent by Segment's destination, not in Amplitude's doc (§4.1)
     try:
-        min_length = min_id_length(_decoder.decode(options)) if options else DEFAULT_MIN_ID_LENGTH
-    except msgspec.DecodeError:
+        min_length = min_id_length(jsonsafe.decode(options)) if options else DEFAULT_MIN_ID_LENGTH
+    except InputError:
         min_length = None
     if min_length is None:
         return error(400, "Invalid JSON request body")

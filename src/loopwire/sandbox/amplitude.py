@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from loopwire import jsonsafe
 from loopwire.contracts.amplitude import (
     BATCH_EPS_LIMIT,
     BATCH_MAX_BYTES,
@@ -55,12 +56,12 @@ from loopwire.contracts.amplitude import (
     throttled_indexes,
     too_large,
 )
+from loopwire.errors import InputError
 from loopwire.httpio import json_response, read_limited
 from loopwire.sandbox.control import fault_queue
 
 CONTROL = "/_sandbox/amplitude"
 Endpoint = Literal["httpapi", "batch", "identify", "groupidentify"]
-_decoder = msgspec.json.Decoder()
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -265,8 +266,8 @@ class AmplitudeSandbox:
         doc: Any = None
         if problem is None:
             try:
-                doc = _decoder.decode(body)
-            except msgspec.DecodeError:
+                doc = jsonsafe.decode(body)
+            except InputError:
                 problem = error(400, "Invalid JSON request body")
         events = doc.get("events") if type(doc) is dict else None
         items: list[Any] = events if type(events) is list else []

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from loopwire import jsonsafe
 from loopwire.contracts.customerio import (
     ANONYMOUS_MERGE_SECONDS,
     ATTRIBUTES_MAX,
@@ -59,6 +60,7 @@ from loopwire.contracts.customerio import (
     v2_partial,
     who_from_path,
 )
+from loopwire.errors import InputError
 from loopwire.httpio import json_response
 from loopwire.sandbox.control import fault_queue
 
@@ -66,7 +68,6 @@ CONTROL = "/_sandbox/customerio"
 Endpoint = Literal[
     "identify", "delete", "event", "anonymous_event", "device", "suppress", "region", "entity", "batch"
 ]
-_decoder = msgspec.json.Decoder()
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 _REGION_HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
@@ -586,8 +587,8 @@ class CustomerioSandbox:
         if not is_json_media(request.headers.get("content-type", "")):
             raise _Reject(400, [Problem("", "invalid", "Content-Type must be application/json")])
         try:
-            doc = _decoder.decode(raw)
-        except msgspec.DecodeError:
+            doc = jsonsafe.decode(raw)
+        except InputError:
             raise _Reject(400, [Problem("", "invalid", "request body is not valid JSON")]) from None
         if type(doc) is not dict:
             raise _Reject(400, [Problem("", "invalid", "request body must be a JSON object")])

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from loopwire import jsonsafe
 from loopwire.contracts.segment import (
     BATCH_MAX_BYTES,
     BATCH_MAX_MESSAGES,
@@ -53,6 +54,7 @@ from loopwire.contracts.segment import (
     write_key_hash,
     write_key_of,
 )
+from loopwire.errors import InputError
 from loopwire.httpio import json_response, read_limited
 from loopwire.sandbox.amplitude import _AbortResponse
 from loopwire.sandbox.control import fault_queue
@@ -60,7 +62,6 @@ from loopwire.sandbox.control import fault_queue
 CONTROL = "/_sandbox/segment"
 Endpoint = Literal["identify", "track", "page", "screen", "group", "alias", "batch"]
 ENDPOINTS: tuple[Endpoint, ...] = ("identify", "track", "page", "screen", "group", "alias", "batch")
-_decoder = msgspec.json.Decoder()
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -187,8 +188,8 @@ class SegmentSandbox:
         doc: Any = None
         if problem is None:
             try:
-                doc = _decoder.decode(body)
-            except msgspec.DecodeError:
+                doc = jsonsafe.decode(body)
+            except InputError:
                 problem = invalid_json()
         n = _count(doc, endpoint)
         faulted = await self._fault(endpoint, n)

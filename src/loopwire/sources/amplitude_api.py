@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from ulid import ULID
 
+from loopwire import jsonsafe
 from loopwire.config import AmplitudeApiConfig
 from loopwire.contracts.amplitude import (
     BATCH_MAX_BYTES,
@@ -30,7 +31,6 @@ from loopwire.contracts.amplitude import (
     HTTPAPI_MAX_BYTES,
     HTTPAPI_MAX_EVENTS,
     IDENTIFY_MAX_BYTES,
-    Accepted,
     Answer,
     check_envelope,
     check_group_identify,
@@ -38,8 +38,13 @@ from loopwire.contracts.amplitude import (
     decode_body,
     error,
     form_fields,
+    invalid_api_key,
+    missing_field,
     success,
+    too_large,
+    undecodable,
 )
+from loopwire.errors import InputError
 from loopwire.httpio import json_response, read_limited
 from loopwire.metrics import Metrics
 from loopwire.model import Event
@@ -47,7 +52,15 @@ from loopwire.model import Event
 log = logging.getLogger("loopwire.sources.amplitude")
 
 SOURCE = "amplitude"
-_decoder = msgspec.json.Decoder()
+
+
+class _Key(msgspec.Struct):
+    """Only the api_key of a body: read before the whole body is parsed (msgspec skips the rest)."""
+
+    api_key: object = None
+
+
+_key_decoder = msgspec.json.Decoder(_Key)
 _KINDS = {"$identify": "identify", "$groupidentify": "groupidentify"}
 
 # Browsers call the API cross-origin (the browser SDK, sendBeacon); answer preflights for any origin.
@@ -99,8 +112,10 @@ class AmplitudeApi:
         ingest: Callable[[Sequence[Event]], Awaitable[list[bool]]],
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        max_body_bytes: int | None = None,
     ) -> None:
         self._keys = frozenset(key.reveal() for key in config.api_keys)
+        self._max_body = max_body_bytes
         self._ingest = ingest
         self._metrics = metrics
         self._clock = clock
@@ -120,28 +135,41 @@ class AmplitudeApi:
     async def preflight(self, request: Request) -> Response:
         return Response(status_code=204, headers=CORS)
 
+    def _limit(self, vendor_limit: int) -> int:
+        # `server.max_body_bytes` is the operator's memory guard: it caps Amplitude's own limits too
+        # (the SDKs answer a 413 by sending smaller batches, amplitude.md §5.2).
+        return vendor_limit if self._max_body is None else min(vendor_limit, self._max_body)
+
     async def _events(self, request: Request, max_bytes: int, max_events: int) -> Response:
-        raw, over = await read_limited(request, max_bytes)
+        """Size, then the api_key, then the whole body: nobody without a key reaches the parser."""
+        limit = self._limit(max_bytes)
+        raw, over = await read_limited(request, limit)
         headers = request.headers
         body, problem = decode_body(
-            raw, over, headers.get("content-type", ""), headers.get("content-encoding", ""), max_bytes
+            raw, over, headers.get("content-type", ""), headers.get("content-encoding", ""), limit
         )
-        checked: Answer | Accepted
         if problem is not None:
-            checked = problem
-        else:
-            try:
-                checked = check_envelope(_decoder.decode(body), self._keys, max_events)
-            except msgspec.DecodeError:
-                checked = error(400, "Invalid JSON request body")
+            return self._refuse(problem)
+        envelope = jsonsafe.decode_as(_key_decoder, body)
+        if envelope is None:  # not a JSON object: no key to check
+            return self._refuse(error(400, "Invalid JSON request body"))
+        if envelope.api_key is None or envelope.api_key == "":
+            return self._refuse(missing_field("api_key"))
+        if type(envelope.api_key) is not str or envelope.api_key not in self._keys:
+            return self._refuse(invalid_api_key(envelope.api_key))
+        try:
+            doc = jsonsafe.decode(body)
+        except InputError as refused:
+            return self._refuse(undecodable(refused))
+        checked = check_envelope(doc, self._keys, max_events)
         if isinstance(checked, Answer):
             return self._refuse(checked)
         return await self._commit(checked.items, len(body))
 
     async def _identifications(self, request: Request, max_bytes: int, group: bool) -> Response:
-        raw, over = await read_limited(request, max_bytes)
+        raw, over = await read_limited(request, self._limit(max_bytes))
         if over:
-            return self._refuse(error(413, "Payload too large"))
+            return self._refuse(too_large())
         query = request.url.query if request.method == "GET" else None
         form = form_fields(request.headers.get("content-type", ""), raw, query)
         checked = check_group_identify(form, self._keys) if group else check_identify(form, self._keys)

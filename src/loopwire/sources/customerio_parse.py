@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import msgspec
-
+from loopwire import jsonsafe
 from loopwire.errors import InputError
-from loopwire.model import Event
+from loopwire.model import TIME_MAX_MS, Event
 
 # Customer.io documents these object types (customerio.md §1.3); others are stored and counted too.
 KNOWN_OBJECT_TYPES = frozenset({"customer", "email", "push", "sms", "in_app", "slack", "webhook", "whatsapp"})
 SUBSCRIPTION_METRICS = frozenset({"subscribed", "unsubscribed", "cio_subscription_preferences_changed"})
 
-_decoder = msgspec.json.Decoder()
+# Bounds (customerio.md §2.5 and what the ids become downstream). A value past one is refused with
+# 400, never stored cut or as is: Customer.io sends none of these, so only a forged or broken
+# sender can.
+# event_id: Customer.io's are ULIDs (26 characters, customerio.md §1.3). It becomes Amplitude's
+# insert_id, a string of at most 1,024 characters (amplitude.md §2.2); Segment's messageId (< 100)
+# and Customer.io's event id (a ULID) are derived from it by hashing where it does not fit.
+EVENT_ID_MAX_CHARS = 1_024
+NAME_MAX_BYTES = 100  # object_type and metric: Customer.io's event-name limit, 100 bytes (§2.5)
+PERSON_ID_MAX_BYTES = 150  # identifiers.id: Customer.io's person id limit (§2.5)
+EMAIL_MAX_BYTES = 1_000  # an attribute value (§2.5); RFC 5321 addresses are far shorter
+_LIMITS = {"event_id": EVENT_ID_MAX_CHARS, "object_type": NAME_MAX_BYTES, "metric": NAME_MAX_BYTES}
 
 
-def _timestamp_seconds(value: Any) -> float:
-    # Lenient on type, strict on meaning: integers, floats and numeric strings are seconds (§1.3).
+def _timestamp_ms(value: Any) -> int:
+    # Lenient on type, strict on meaning: integers, floats and numeric strings are seconds (§1.3),
+    # of a moment between 1970 and the end of year 9999.
     if isinstance(value, bool):
         raise ValueError("boolean")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        return float(value.strip())
-    raise ValueError(type(value).__name__)
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) <= 40:
+        seconds = float(value.strip())
+    else:
+        raise ValueError(type(value).__name__)
+    if not math.isfinite(seconds) or not 0 <= seconds * 1000 <= TIME_MAX_MS:
+        raise ValueError("out of range")
+    return round(seconds * 1000)
+
+
+def _bounded(field: str, value: str, limit: int, unit: str = "bytes") -> None:
+    size = len(value) if unit == "characters" else len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise InputError(400, "field_too_long", f"field `{field}` is {size} {unit}; the limit is {limit}")
 
 
 def _kind(object_type: str, metric: str, data: dict[str, Any]) -> str:
@@ -39,10 +60,7 @@ def _kind(object_type: str, metric: str, data: dict[str, Any]) -> str:
 
 def parse_webhook(body: bytes, received_ms: int) -> Event:
     """Validate one webhook body and build its Event; raises `InputError` naming what is wrong."""
-    try:
-        doc = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InputError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    doc = jsonsafe.decode(body)
     if not isinstance(doc, dict):
         raise InputError(400, "invalid_json", "body must be a JSON object (one event per request)")
     for field in ("event_id", "object_type", "metric"):
@@ -51,13 +69,16 @@ def parse_webhook(body: bytes, received_ms: int) -> Event:
             raise InputError(400, "missing_field", f"required field `{field}` is missing")
         if not isinstance(value, str):
             raise InputError(400, "invalid_field", f"field `{field}` must be a string")
+        _bounded(field, value, _LIMITS[field], "characters" if field == "event_id" else "bytes")
     if "timestamp" not in doc:
         raise InputError(400, "missing_field", "required field `timestamp` is missing")
     try:
-        seconds = _timestamp_seconds(doc["timestamp"])
+        time_ms = _timestamp_ms(doc["timestamp"])
     except ValueError:
         raise InputError(
-            400, "invalid_field", "field `timestamp` must be unix seconds (a number or numeric string)"
+            400,
+            "invalid_field",
+            "field `timestamp` must be unix seconds between 1970 and 9999 (a number or numeric string)",
         ) from None
     data = doc.get("data", {})
     if not isinstance(data, dict):
@@ -66,7 +87,11 @@ def parse_webhook(body: bytes, received_ms: int) -> Event:
     identifiers = identifiers if isinstance(identifiers, dict) else {}
     raw_id = identifiers.get("id")
     user_id = None if raw_id is None or raw_id == "" else str(raw_id)
+    if user_id is not None:
+        _bounded("data.identifiers.id", user_id, PERSON_ID_MAX_BYTES)
     email = identifiers.get("email") or data.get("email_address")
+    if isinstance(email, str):
+        _bounded("data.identifiers.email", email, EMAIL_MAX_BYTES)
     object_type: str = doc["object_type"]
     metric: str = doc["metric"]
     return Event(
@@ -75,7 +100,7 @@ def parse_webhook(body: bytes, received_ms: int) -> Event:
         kind=_kind(object_type, metric, data),
         channel=object_type,
         metric=metric,
-        time_ms=round(seconds * 1000),
+        time_ms=time_ms,
         received_ms=received_ms,
         user_id=user_id,
         email=email if isinstance(email, str) else None,

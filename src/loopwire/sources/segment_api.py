@@ -25,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from ulid import ULID
 
+from loopwire import jsonsafe
 from loopwire.config import SegmentApiConfig
 from loopwire.contracts.segment import (
     BATCH_MAX_BYTES,
     BATCH_MAX_MESSAGES,
     MESSAGE_MAX_BYTES,
     Answer,
+    Drop,
     check_message,
     decode_body,
     encoded_size,
@@ -41,6 +43,7 @@ from loopwire.contracts.segment import (
     too_large,
     write_key_of,
 )
+from loopwire.errors import InputError
 from loopwire.httpio import json_response, read_limited
 from loopwire.metrics import Metrics
 from loopwire.model import Event
@@ -49,7 +52,29 @@ log = logging.getLogger("loopwire.sources.segment")
 
 SOURCE = "segment"
 CALLS = ("track", "identify", "group", "page", "screen", "alias")
-_decoder = msgspec.json.Decoder()
+# Segment documents no length for ids and names; loopwire bounds them by what it forwards them to:
+# Amplitude takes strings of at most 1,024 characters (amplitude.md §2.2).
+BOUNDED_FIELDS = ("userId", "anonymousId", "previousId", "groupId", "event", "name")
+STRING_MAX_CHARS = 1_024
+
+
+class _Key(msgspec.Struct):
+    """Only the writeKey of a body: read before the whole body is parsed (msgspec skips the rest)."""
+
+    writeKey: object = None  # Segment's field name
+
+
+_key_decoder = msgspec.json.Decoder(_Key)
+
+
+def too_long(message: dict[str, Any]) -> Drop | None:
+    for field in BOUNDED_FIELDS:
+        value = message.get(field)
+        if type(value) is str and len(value) > STRING_MAX_CHARS:
+            return Drop(
+                "field_too_long", f"{field} is {len(value)} characters; the limit is {STRING_MAX_CHARS}"
+            )
+    return None
 
 
 def _time_ms(value: Any, default: int) -> int:
@@ -103,8 +128,10 @@ class SegmentApi:
         ingest: Callable[[Sequence[Event]], Awaitable[list[bool]]],
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        max_body_bytes: int | None = None,
     ) -> None:
         self._keys = frozenset(key.reveal() for key in config.write_keys)
+        self._max_body = max_body_bytes
         self._ingest = ingest
         self._metrics = metrics
         self._clock = clock
@@ -118,6 +145,8 @@ class SegmentApi:
     async def _handle(self, request: Request, call: str) -> Response:
         batch = call == "batch"
         limit = BATCH_MAX_BYTES if batch else MESSAGE_MAX_BYTES
+        if self._max_body is not None:  # the operator's memory guard caps Segment's limits too
+            limit = min(limit, self._max_body)
         headers = request.headers
         encoding = headers.get("content-encoding", "")
         raw, over = await read_limited(request, limit * 2 if "gzip" in encoding.lower() else limit)
@@ -125,20 +154,23 @@ class SegmentApi:
         body, problem = decode_body(raw, over, headers.get("content-type", ""), encoding, limit, what)
         if problem is not None:
             return self._refuse(problem)
-        try:
-            doc = _decoder.decode(body)
-        except msgspec.DecodeError:
-            return self._refuse(invalid_json())
-        if type(doc) is not dict:
-            return self._refuse(invalid_json("Request body must be a JSON object"))
-        key = write_key_of(doc.get("writeKey"), headers.get("authorization", ""))
+        # The key before the body: the writeKey alone is read (a body that does not decode has
+        # none), then HTTP Basic; nobody without a key reaches the parser.
+        envelope = jsonsafe.decode_as(_key_decoder, body)
+        key = write_key_of(envelope.writeKey if envelope else None, headers.get("authorization", ""))
         if key is None or key not in self._keys:
             code = "missing_write_key" if key is None else "invalid_write_key"
             return self._refuse(error(401, code, "Send a write key listed in sources.segment_api.write_keys"))
+        try:
+            doc = jsonsafe.decode(body)
+        except InputError as refused:
+            return self._refuse(error(400, refused.code, refused.message))
+        if type(doc) is not dict:
+            return self._refuse(invalid_json("Request body must be a JSON object"))
         if not batch:
             message = {k: v for k, v in doc.items() if k != "writeKey"}
             message["type"] = call  # the path decides the call (§1)
-            drop = check_message(message)
+            drop = check_message(message) or too_long(message)
             if drop is not None:
                 return self._refuse(error(400, drop.reason, drop.detail))
             return await self._commit([message], [])
@@ -156,6 +188,8 @@ class SegmentApi:
                 return self._refuse(too_large(f"Message {index} of the batch", MESSAGE_MAX_BYTES))
             message = merge_envelope(item, doc) if type(item) is dict else item
             drop = check_message(message, doc.get("sentAt"))
+            if drop is None and type(message) is dict:
+                drop = too_long(message)
             if drop is not None:
                 rejected.append({"index": index, "reason": drop.reason, "message": drop.detail})
                 self._metrics.rejected.labels(SOURCE, drop.reason).inc()
