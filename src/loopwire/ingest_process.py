@@ -27,6 +27,7 @@ import logging
 import pickle
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -43,7 +44,16 @@ from loopwire.destinations.registry import router
 from loopwire.errors import InputError
 from loopwire.metrics import Metrics
 from loopwire.model import Event
-from loopwire.sources.customerio_webhooks import FAILED, SOURCE, Verdict, answered, check, keyed, refused
+from loopwire.sources.customerio_webhooks import (
+    FAILED,
+    INTERNAL,
+    SOURCE,
+    Verdict,
+    answered,
+    check,
+    keyed,
+    refused,
+)
 from loopwire.store import Appender
 
 log = logging.getLogger("loopwire.ingest_process")
@@ -141,6 +151,10 @@ class Committer:
             except InputError as error:
                 prepared.refused.append(_reply(request.rid, refused(error)))
                 continue
+            except Exception:  # a defect of loopwire's, not the sender's: this webhook alone fails
+                log.exception("could not check a Customer.io webhook")
+                prepared.refused.append(_reply(request.rid, INTERNAL))
+                continue
             prepared.accepted.append(
                 (request.rid, event, [name for name, takes in self._takes if takes(event)])
             )
@@ -152,9 +166,16 @@ class Committer:
             return replies
         try:
             (fresh,) = self._appender.append([([e for _, e, _ in accepted], [d for _, _, d in accepted])])
-        except Exception:
-            log.exception("could not commit %d Customer.io events", len(accepted))
-            return replies + [_reply(rid, FAILED) for rid, _, _ in accepted]
+        except Exception as exc:
+            if len(accepted) > 1:  # one event may be what failed: each alone, so it fails by itself
+                for one in accepted:
+                    replies += self.commit(Prepared([], [one]))
+                return replies
+            if isinstance(exc, sqlite3.Error):  # disk full, I/O error: one line, not a traceback each
+                log.error("could not commit Customer.io event %s: %s", accepted[0][1].id, exc)
+            else:
+                log.exception("could not commit Customer.io event %s", accepted[0][1].id)
+            return [*replies, _reply(accepted[0][0], FAILED)]
         for (rid, event, dests), new in zip(accepted, fresh, strict=True):
             replies.append(_reply(rid, answered(event, new), dests if new else [], new and not dests))
         return replies
@@ -252,6 +273,11 @@ class IngestProcess:
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
         self.starts = 0  # processes started (a restart after a crash adds one)
+
+    @property
+    def up(self) -> bool:
+        """The process is running and answering (false between a crash and its restart)."""
+        return self._link is not None and not self._link.lost
 
     @property
     def pid(self) -> int | None:

@@ -152,9 +152,22 @@ class Courier:
                 settlements.append(Settlement(row.seq, "dead", reason=f"mapping failed: {exc!r}"))
         for chunk in self._chunks(items):
             settlements.extend(await self._deliver(chunk))
-        await self._store.settle(self.name, settlements, self.now_ms())
+        await self._settle(settlements)
         self._count(settlements, {item.claimed.seq: item.received_ms for item in items})
         return len(rows)
+
+    async def _settle(self, settlements: list[Settlement]) -> None:
+        """Record the outcomes, trying again while the store refuses writes (disk full): given up,
+        the rows would stay in flight, and be sent only after a restart."""
+        while True:
+            try:
+                await self._store.settle(self.name, settlements, self.now_ms())
+                return
+            except Exception:
+                if self._stopping:
+                    raise  # in flight at the next start: sent again, insert ids keep it idempotent
+                log.exception("could not record deliveries for %s; retrying in 1 s", self.name)
+                await asyncio.sleep(1.0)
 
     def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
         chunks: list[list[_Item]] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -25,15 +27,27 @@ import msgspec
 from loopwire.model import Event, encode_event
 from loopwire.store.migrations import migrate
 
+log = logging.getLogger("loopwire.store")
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 # Who waits for a job: a thread (concurrent Future) or a coroutine (its loop and asyncio Future).
 Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
+def _fail_all(batch: list[tuple[Any, Sink]], exc: Exception) -> None:
+    for _, sink in batch:
+        if isinstance(sink, Future):
+            if not sink.done():
+                sink.set_exception(exc)
+        else:
+            loop, future = sink
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_futures, [(future, False, exc)])
+
+
 def _settle_futures(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for future, ok, value in items:
-        if future.cancelled():
+        if future.done():  # cancelled by its waiter, or already failed
             continue
         if ok:
             future.set_result(value)
@@ -83,7 +97,38 @@ def _locked(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> s
             time.sleep(_BUSY_POLL_S)
 
 
+_warned: set[str] = set()
+
+
+def _private(path: str) -> None:
+    """The log holds emails: create it readable by its owner only. SQLite gives the -wal and -shm
+    files it creates beside it the mode of the database file. An existing file that others can read
+    is left as it is (it is the operator's), with a warning saying how to fix it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077 and path not in _warned:
+            _warned.add(path)
+            log.warning(
+                "the store %s can be read by other users; `chmod 600` it and its -wal/-shm files", path
+            )
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after a failed write. On a full disk or an I/O error the ROLLBACK itself may fail;
+    the writer must go on (the next write reports its own error), so that failure is only logged."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.error("could not roll back a failed write: %s", exc)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
+    _private(str(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: in WAL mode the log is fsync'd at every commit, so a committed event survives power loss.
@@ -141,7 +186,11 @@ class Store:
                     stop = True
                     break
                 batch.append(item)
-            self._run_group(conn, batch)
+            try:
+                self._run_group(conn, batch)
+            except Exception as exc:  # a defect: the writer must outlive it, and nobody wait forever
+                log.exception("the store writer failed on a group of %d writes", len(batch))
+                _fail_all(batch, exc)
             if stop:
                 return
 
@@ -171,9 +220,12 @@ class Store:
                 conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # the commit itself failed (disk full, I/O error): nobody is durable
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results = [(False, exc)] * len(batch)
+            _rollback(conn)
+            if len(batch) > 1:  # one job may be what failed: each alone, so it fails by itself
+                for item in batch:
+                    self._run_group(conn, [item])
+                return
+            results = [(False, exc)]
         # Waiters on an event loop are woken with one call per loop per group, not one per job.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (ok, value), (_, sink) in zip(results, batch, strict=True):
@@ -237,6 +289,25 @@ class Store:
         rows = list(settlements)
         if rows:
             await self.write(_settle_job(dest, rows, now_ms))
+
+    async def probe(self, now_ms: int) -> None:
+        """One durable write through the writer, as an append would make: raises if the store cannot
+        take writes (disk full, read-only, I/O error)."""
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO ready_probe (id, at_ms) VALUES (1, ?)", (now_ms,)
+            )
+        )
+
+    def oldest_undelivered_ms(self) -> dict[str, int]:
+        """Per destination, when its oldest pending or in-flight event was enqueued."""
+        rows = self.read(
+            lambda c: c.execute(
+                "SELECT dest, MIN(enqueued_ms) FROM outbox WHERE state IN ('pending', 'in_flight')"
+                " GROUP BY dest"
+            ).fetchall()
+        )
+        return {dest: oldest for dest, oldest in rows}
 
     def next_due_ms(self, dest: str) -> int | None:
         due: int | None = self.read(
@@ -496,8 +567,7 @@ class Appender:
             fresh = _append_many(conn, appends)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return fresh
 
