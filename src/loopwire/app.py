@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -34,6 +35,9 @@ from loopwire.web.openapi import openapi_document
 
 log = logging.getLogger("loopwire.app")
 
+READY_PROBE_TIMEOUT_S = 2.0  # a store write slower than this counts as failing
+READY_CACHE_S = 1.0  # readiness is worked out at most once a second, however often it is asked
+
 
 class Runtime:
     """Everything one server process owns, built from the config."""
@@ -57,6 +61,8 @@ class Runtime:
         }
         self.couriers: dict[str, Courier] = {}
         self.engine: Engine | None = None
+        self._ready: tuple[float, int, dict[str, Any]] | None = None
+        self._ready_lock = asyncio.Lock()
         self.ingest = Ingest(
             self.store,
             {name: dest.accepts for name, dest in self.destinations.items()},
@@ -112,6 +118,48 @@ class Runtime:
     def status(self) -> dict[str, Any]:
         return status_report(self.store, self.config.destinations)
 
+    async def readiness(self) -> tuple[int, dict[str, Any]]:
+        """`GET /readyz`: 200 when loopwire can take data now, else 503 with the failing checks.
+        Liveness (`/healthz`) only says the process answers; this says the store takes a durable
+        write, the ingest process is up, and (with `server.ready_max_backlog_age`) no destination
+        is further behind than allowed. Cached for a second: a probe costs an fsync."""
+        async with self._ready_lock:
+            if self._ready is not None and time.monotonic() - self._ready[0] < READY_CACHE_S:
+                return self._ready[1], self._ready[2]
+            status, body = await self._check_ready()
+            self._ready = (time.monotonic(), status, body)
+            return status, body
+
+    async def _check_ready(self) -> tuple[int, dict[str, Any]]:
+        now_ms = int(self.clock() * 1000)
+        failing: list[str] = []
+        checks: dict[str, Any] = {}
+        try:
+            await asyncio.wait_for(self.store.probe(now_ms), READY_PROBE_TIMEOUT_S)
+            checks["store"] = {"ok": True}
+        except TimeoutError:
+            checks["store"] = {"ok": False, "error": f"a write took over {READY_PROBE_TIMEOUT_S:g}s"}
+            failing.append("store")
+        except Exception as exc:  # disk full, read-only file system, I/O error
+            checks["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            failing.append("store")
+        if self.ingest_process is not None:
+            checks["ingest_process"] = {"ok": self.ingest_process.up}
+            if not self.ingest_process.up:
+                failing.append("ingest_process")
+        limit = self.config.server.ready_max_backlog_age
+        oldest = await asyncio.to_thread(self.store.oldest_undelivered_ms)
+        backlog: dict[str, Any] = {}
+        for name in self.config.destinations:
+            age = max(0.0, (now_ms - oldest[name]) / 1000) if name in oldest else 0.0
+            ok = limit is None or self.config.destinations[name].paused or age <= float(limit)
+            backlog[name] = {"ok": ok, "oldest_age_seconds": round(age, 3)}
+            if not ok:
+                failing.append(f"backlog:{name}")
+        checks["backlog"] = backlog
+        body = {"status": "ready" if not failing else "not_ready", "failing": failing, "checks": checks}
+        return (200 if not failing else 503), body
+
 
 def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) -> dict[str, Any]:
     """Events in the log; outbox rows per state, per destination; which destinations are paused; the
@@ -142,6 +190,10 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def readyz(request: Request) -> Response:
+        status, body = await runtime.readiness()
+        return Response(msgspec.json.encode(body), status, media_type="application/json")
+
     async def metrics(request: Request) -> Response:
         for dest, states in runtime.store.counts().items():
             for state, count in states.items():
@@ -159,6 +211,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
 
     routes = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/api/status", status),
         Route("/openapi.json", openapi),
@@ -178,7 +231,9 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
         fast[("POST", "/webhooks/customerio")] = handler
     amplitude_config = config.sources.amplitude_api
     if amplitude_config is not None:
-        amplitude = AmplitudeApi(amplitude_config, runtime.ingest, runtime.metrics, clock)
+        amplitude = AmplitudeApi(
+            amplitude_config, runtime.ingest, runtime.metrics, clock, config.server.max_body_bytes
+        )
         for path, endpoint in (
             ("/2/httpapi", amplitude.httpapi),
             ("/batch", amplitude.batch),
@@ -189,7 +244,9 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
             routes.append(Route(path, amplitude.preflight, methods=["OPTIONS"]))
     segment_config = config.sources.segment_api
     if segment_config is not None:
-        segment = SegmentApi(segment_config, runtime.ingest, runtime.metrics, clock)
+        segment = SegmentApi(
+            segment_config, runtime.ingest, runtime.metrics, clock, config.server.max_body_bytes
+        )
         for call in ("track", "identify", "group", "page", "screen", "alias", "batch"):
             routes.append(Route(f"/v1/{call}", segment.endpoint(call), methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -39,6 +39,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (loopwire/ingest_process.py), so the server's event loop only does HTTP for them; false keeps
     # it all in the server's process (one core, or an app embedded in another ASGI server).
     ingest_process: bool = True
+    # `GET /readyz` fails once a destination's oldest undelivered event is older than this; unset,
+    # it reports the age without judging it (a paused destination grows old on purpose).
+    ready_max_backlog_age: Duration | None = None
 
 
 class CustomerioWebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

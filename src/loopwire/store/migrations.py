@@ -95,6 +95,13 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS events_name;
     CREATE INDEX events_name ON events (name) WHERE name IS NOT NULL;
     """,
+    # 6: one row `GET /readyz` rewrites to prove the store still takes a durable write
+    """
+    CREATE TABLE ready_probe (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        at_ms INTEGER NOT NULL
+    );
+    """,
 )
 
 
