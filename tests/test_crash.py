@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,13 +20,21 @@ from tests.helpers.cio import encode, signed_headers, webhook
 from tests.helpers.servers import free_port, serve_app
 
 
-def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(config: Path, port: int, fsize_limit: int | None = None) -> subprocess.Popen[bytes]:
+    """`loopwire serve` in a process of its own; `fsize_limit` caps the size of any file it writes
+    (RLIMIT_FSIZE, inherited by its ingest process): a disk that fills at that size."""
     env = {**os.environ, "CIO_KEY": SIGNING_KEY, "AMP_KEY": API_KEY}
+
+    def limit() -> None:
+        if fsize_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.RLIM_INFINITY))
+
     process = subprocess.Popen(
         [sys.executable, "-m", "loopwire", "serve", "--config", str(config), "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=limit if fsize_limit is not None else None,
     )
     url = f"http://127.0.0.1:{port}"
 
