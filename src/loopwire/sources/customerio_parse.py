@@ -43,6 +43,8 @@ def _timestamp_ms(value: Any) -> int:
 
 
 def _bounded(field: str, value: str, limit: int, unit: str = "bytes") -> None:
+    if len(value) <= (limit if unit == "characters" else limit // 4):  # a character is ≤ 4 bytes
+        return
     size = len(value) if unit == "characters" else len(value.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise InputError(400, "field_too_long", f"field `{field}` is {size} {unit}; the limit is {limit}")
