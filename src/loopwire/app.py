@@ -29,7 +29,6 @@ from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import SentMemory, Store
-from loopwire.store.sqlite import STATES
 from loopwire.web.console import render_console
 from loopwire.web.openapi import openapi_document
 
@@ -164,9 +163,7 @@ class Runtime:
 def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) -> dict[str, Any]:
     """Events in the log; outbox rows per state, per destination; which destinations are paused; the
     reasons for dead and skipped rows (the console, `/api/status` and `loopwire status`)."""
-    counts = store.counts()
-    for name in destinations:
-        counts.setdefault(name, dict.fromkeys(STATES, 0))
+    counts = store.counts(destinations)
     return {
         "events": store.event_count(),
         "destinations": counts,
@@ -194,20 +191,24 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
         status, body = await runtime.readiness()
         return Response(msgspec.json.encode(body), status, media_type="application/json")
 
+    # Reads run in a thread: SQLite lets go of the interpreter while it reads, so a scrape or a
+    # console view never holds up the requests being ingested (issue 13).
     async def metrics(request: Request) -> Response:
-        for dest, states in runtime.store.counts().items():
+        counts = await asyncio.to_thread(runtime.store.counts, config.destinations)
+        for dest, states in counts.items():
             for state, count in states.items():
                 runtime.metrics.backlog.labels(dest, state).set(count)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def status(request: Request) -> Response:
-        return Response(msgspec.json.encode(runtime.status()), media_type="application/json")
+        report = await asyncio.to_thread(runtime.status)
+        return Response(msgspec.json.encode(report), media_type="application/json")
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
     async def console(request: Request) -> Response:
-        return HTMLResponse(render_console(runtime.status()))
+        return HTMLResponse(render_console(await asyncio.to_thread(runtime.status)))
 
     routes = [
         Route("/healthz", healthz),

@@ -102,6 +102,45 @@ MIGRATIONS: tuple[str, ...] = (
         at_ms INTEGER NOT NULL
     );
     """,
+    # 7: outbox rows per destination, final state and reason, kept by triggers, so status, the
+    #    console and /metrics read a few rows instead of counting a log of millions (issue 13).
+    #    Only the final states are kept here: every row is inserted `pending`, so the append path
+    #    runs no trigger; pending and in-flight rows are counted live through `outbox_ready`.
+    #    `outbox_dead` lists dead letters newest first without sorting them all.
+    """
+    CREATE TABLE outbox_tally (
+        dest   TEXT NOT NULL,
+        state  TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (dest, state, reason)
+    ) WITHOUT ROWID;
+    INSERT INTO outbox_tally (dest, state, reason, n)
+        SELECT dest, state, CASE WHEN state = 'delivered' THEN '' ELSE COALESCE(reason, '') END, COUNT(*)
+        FROM outbox WHERE state IN ('delivered', 'dead', 'skipped') GROUP BY 1, 2, 3;
+    CREATE TRIGGER outbox_tally_leave AFTER UPDATE OF state, reason ON outbox
+    WHEN old.state IN ('delivered', 'dead', 'skipped')
+        AND (old.state IS NOT new.state OR COALESCE(old.reason, '') IS NOT COALESCE(new.reason, ''))
+    BEGIN
+        UPDATE outbox_tally SET n = n - 1 WHERE dest = old.dest AND state = old.state
+            AND reason = CASE WHEN old.state = 'delivered' THEN '' ELSE COALESCE(old.reason, '') END;
+    END;
+    CREATE TRIGGER outbox_tally_enter AFTER UPDATE OF state, reason ON outbox
+    WHEN new.state IN ('delivered', 'dead', 'skipped')
+        AND (old.state IS NOT new.state OR COALESCE(old.reason, '') IS NOT COALESCE(new.reason, ''))
+    BEGIN
+        INSERT INTO outbox_tally (dest, state, reason, n)
+        VALUES (new.dest, new.state, CASE WHEN new.state = 'delivered' THEN '' ELSE COALESCE(new.reason, '') END, 1)
+        ON CONFLICT (dest, state, reason) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_tally_delete AFTER DELETE ON outbox
+    WHEN old.state IN ('delivered', 'dead', 'skipped')
+    BEGIN
+        UPDATE outbox_tally SET n = n - 1 WHERE dest = old.dest AND state = old.state
+            AND reason = CASE WHEN old.state = 'delivered' THEN '' ELSE COALESCE(old.reason, '') END;
+    END;
+    CREATE INDEX outbox_dead ON outbox (updated_ms) WHERE state = 'dead';
+    """,
 )
 
 
