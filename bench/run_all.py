@@ -20,7 +20,15 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-from bench import audiences_bench, batch_ingest, drain_backlog, lift_bench, mapping_throughput, webhook_ingest
+from bench import (
+    audiences_bench,
+    batch_ingest,
+    drain_backlog,
+    lift_bench,
+    mapping_throughput,
+    status_reads,
+    webhook_ingest,
+)
 from bench.common import OUT, Result, describe_machine, machine, number
 
 BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
@@ -30,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "batch_ingest": batch_ingest.run,
     "lift": lift_bench.run,
     "audiences": audiences_bench.run,
+    "status_reads": status_reads.run,
 }
 TIME_LIMIT_S = 540  # `make bench` stays under ten minutes, whatever happens
 

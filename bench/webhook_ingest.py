@@ -71,6 +71,11 @@ def write_requests(path: Path, count: int, now: float) -> int:
     return len(templates)
 
 
+def count_of(requests_file: Path) -> int:
+    with requests_file.open("rb") as lines:
+        return sum(1 for _ in lines)
+
+
 def ingest_counters(url: str) -> dict[str, float]:
     """loopwire_ingest_requests_total by outcome, from /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
@@ -138,6 +143,11 @@ def loopwire_run(
     }
     if not check["every_2xx_stored"] or run.non_2xx:
         raise RuntimeError(f"{name}: a 2xx without a stored row, or a refusal: {check}")
+    if run.repeats:  # a repeat is a duplicate, answered without a row: not what this measures
+        raise RuntimeError(
+            f"{name}: wrk ran out of distinct webhooks and re-sent {run.repeats:,}; raise --requests"
+            f" (now {count_of(requests_file):,})"
+        )
     return run, check
 
 
@@ -161,7 +171,7 @@ def run(
     duration: int = 8,
     connections: int = 64,
     threads: int = 2,
-    count: int = 120_000,
+    count: int = 400_000,
     rounds: int = 2,
     paced_duration: int = 10,
     paced_connections: int = 128,
@@ -312,7 +322,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--requests", type=int, default=120_000, help="distinct signed webhooks generated")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=400_000,
+        help="distinct signed webhooks generated; a loopwire run that needs more fails (no repeats)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of baseline and loopwire runs")
     args = parser.parse_args()
     results = run(args.duration, args.connections, args.threads, args.requests, args.rounds)
