@@ -7,8 +7,9 @@ Builds a store with `--events` events, one outbox row each over three destinatio
 1 % dead with four reasons, 1 % skipped, a thousand pending), through loopwire's own schema and
 triggers. Then times, median of 20, the status read loopwire makes now (`app.status_report`: the
 tally and the live backlog) next to the full counts it made before (the baseline, same store, same
-run), the console page rendered from it, the counts `/metrics` reads and the newest 100 dead
-letters (`loopwire dlq list`).
+run), the counts `/metrics` reads and the newest 100 dead
+letters (`loopwire dlq list`). The console's pages have a benchmark of their own
+(bench/console_pages.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from bench.common import Result, report
 from loopwire.app import status_report
 from loopwire.config import parse_config
 from loopwire.store import Store
-from loopwire.web.console import render_console
 
 DESTS = ("amplitude", "segment", "customerio")
 TARGET_MS = 50.0
@@ -112,7 +112,6 @@ def run(events: int = 2_000_000) -> list[Result]:
             for dest, state, n in full["states"]:
                 assert status["destinations"][dest][state] == n, (dest, state)
             now_ms = median_ms(lambda: status_report(store, config.destinations))
-            page_ms = median_ms(lambda: render_console(status_report(store, config.destinations)))
             metrics_ms = median_ms(lambda: store.counts(config.destinations))
             dlq_ms = median_ms(lambda: store.dead_letters(limit=100))
             before_ms = median_ms(lambda: full_counts(store), repeat=3)
@@ -141,7 +140,6 @@ def run(events: int = 2_000_000) -> list[Result]:
                 higher_is_better=False,
             )
             for name, value in (
-                ("console page", page_ms),
                 ("/metrics counts", metrics_ms),
                 ("dead letters, newest 100", dlq_ms),
             )

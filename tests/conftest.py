@@ -16,6 +16,7 @@ from tests.helpers.servers import serve_app
 
 SIGNING_KEY = "test_signing_key"
 API_KEY = "test-api-key-0001"
+CONSOLE_TOKEN = "test-console-token-0001"  # LOOPWIRE_CONSOLE_TOKEN of every test config
 
 
 class Clock:
@@ -59,7 +60,13 @@ def make_config(
         "destinations": {"amplitude": destination, **(extra_destinations or {})},
     }
     return parse_config(
-        yaml.safe_dump(document), env={"CIO_KEY": SIGNING_KEY, "AMP_KEY": API_KEY, **(env or {})}
+        yaml.safe_dump(document),
+        env={
+            "CIO_KEY": SIGNING_KEY,
+            "AMP_KEY": API_KEY,
+            "LOOPWIRE_CONSOLE_TOKEN": CONSOLE_TOKEN,
+            **(env or {}),
+        },
     )
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers.bridge import serve_bridge
+from tests.helpers.console import login
 
 SLOW_S = 1.5
 
@@ -27,15 +28,14 @@ def test_a_slow_status_read_does_not_stop_the_server(tmp_path: Path, path: str) 
 
         runtime.store.read = slow_read  # type: ignore[method-assign]
         answered: list[int] = []
-        reader = threading.Thread(
-            target=lambda: answered.append(httpx.get(url + path, timeout=30).status_code)
-        )
-        reader.start()
-        time.sleep(0.2)  # the slow read is under way
-        started = time.monotonic()
-        for _ in range(5):
-            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
-        waited = time.monotonic() - started
-        reader.join()
+        with login(url) as operator:
+            reader = threading.Thread(target=lambda: answered.append(operator.get(path).status_code))
+            reader.start()
+            time.sleep(0.2)  # the slow read is under way
+            started = time.monotonic()
+            for _ in range(5):
+                assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+            waited = time.monotonic() - started
+            reader.join()
         assert answered == [200]
         assert waited < SLOW_S / 2, f"/healthz waited {waited:.2f}s behind {path}"

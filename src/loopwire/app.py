@@ -14,13 +14,14 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from loopwire.audiences.engine import Engine, check_and_record_versions
 from loopwire.config import Config, DestinationOptions
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
+from loopwire.errors import ConfigError
 from loopwire.ingest_process import IngestProcess, Spec
 from loopwire.metrics import Metrics
 from loopwire.pipeline.delivery import Courier
@@ -29,8 +30,11 @@ from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import SentMemory, Store
-from loopwire.web.console import render_console
+from loopwire.store import console as console_store
+from loopwire.web.auth import refusal
+from loopwire.web.context import Console
 from loopwire.web.openapi import openapi_document
+from loopwire.web.routes import console_routes
 
 log = logging.getLogger("loopwire.app")
 
@@ -59,6 +63,8 @@ class Runtime:
             for name, options in config.destinations.items()
         }
         self.couriers: dict[str, Courier] = {}
+        # paused now: by the config, or from the console (kept in the store; read at start)
+        self.paused: set[str] = {name for name, options in config.destinations.items() if options.paused}
         self.engine: Engine | None = None
         self._ready: tuple[float, int, dict[str, Any]] | None = None
         self._ready_lock = asyncio.Lock()
@@ -92,13 +98,34 @@ class Runtime:
                 self.store, self.config.experiments, self.ingest, self.config.audiences, clock=self.clock
             )
             self.engine.start()
-        for name, dest in self.destinations.items():
-            if self.config.destinations[name].paused:
+        self.paused |= set(await asyncio.to_thread(console_store.paused, self.store)) & set(self.destinations)
+        for name in self.destinations:
+            if name in self.paused:
                 log.warning("destination %s is paused: its events are queued, not sent", name)
                 continue
-            courier = Courier(dest, self.store, self.metrics, clock=self.clock)
-            self.couriers[name] = courier
-            courier.start()
+            self._start_courier(name)
+
+    def _start_courier(self, name: str) -> None:
+        courier = Courier(self.destinations[name], self.store, self.metrics, clock=self.clock)
+        self.couriers[name] = courier
+        courier.start()
+
+    async def set_paused(self, name: str, pause: bool) -> None:
+        """Pause (stop sending; keep queueing) or resume a destination now, and keep that in the store
+        so it outlasts a restart. `paused: true` in the config cannot be resumed from here."""
+        await asyncio.to_thread(console_store.set_paused, self.store, name, pause, int(self.clock() * 1000))
+        if pause:
+            self.paused.add(name)
+            courier = self.couriers.pop(name, None)
+            if courier is not None:
+                await courier.stop()  # rows it had in flight are settled or sent again at resume
+            log.warning("destination %s paused from the console: its events are queued, not sent", name)
+        elif not self.config.destinations[name].paused:
+            self.paused.discard(name)
+            if name not in self.couriers:
+                await asyncio.to_thread(console_store.requeue_in_flight, self.store, name)
+                self._start_courier(name)
+            log.warning("destination %s resumed from the console", name)
 
     async def stop(self) -> None:
         if self.ingest_process is not None:
@@ -151,7 +178,7 @@ class Runtime:
         backlog: dict[str, Any] = {}
         for name in self.config.destinations:
             age = max(0.0, (now_ms - oldest[name]) / 1000) if name in oldest else 0.0
-            ok = limit is None or self.config.destinations[name].paused or age <= float(limit)
+            ok = limit is None or name in self.paused or age <= float(limit)
             backlog[name] = {"ok": ok, "oldest_age_seconds": round(age, 3)}
             if not ok:
                 failing.append(f"backlog:{name}")
@@ -167,21 +194,32 @@ def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) 
     return {
         "events": store.event_count(),
         "destinations": counts,
-        "paused": sorted(name for name, options in destinations.items() if options.paused),
+        "paused": sorted(
+            {name for name, options in destinations.items() if options.paused}
+            | set(console_store.paused(store))
+        ),
         "dead_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("dead")],
         "skip_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("skipped")],
     }
 
 
 def create_app(config: Config, clock: Callable[[], float] = time.time) -> LoopwireApp:
+    why = refusal(config.server.host) if config.console.token is None else None
+    if why is not None:  # the console and /api/* would be open to the network, or locked for good
+        raise ConfigError(why, key="server.host")
     runtime = Runtime(config, clock)
+    console: Console | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        if console is not None:
+            console.trend.start()
         try:
             yield
         finally:
+            if console is not None:
+                await console.trend.stop()
             await runtime.stop()
 
     async def healthz(request: Request) -> Response:
@@ -200,23 +238,17 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
                 runtime.metrics.backlog.labels(dest, state).set(count)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def status(request: Request) -> Response:
-        report = await asyncio.to_thread(runtime.status)
-        return Response(msgspec.json.encode(report), media_type="application/json")
-
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
-    async def console(request: Request) -> Response:
-        return HTMLResponse(render_console(await asyncio.to_thread(runtime.status)))
-
+    # The console, /api/* and /metrics, each behind its guard (web/auth.py); ingest, health and
+    # readiness keep their own authentication, or none.
+    guarded, console = console_routes(runtime, metrics)
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics),
-        Route("/api/status", status),
         Route("/openapi.json", openapi),
-        Route("/", console),
+        *guarded,
     ]
     fast: dict[tuple[str, str], Any] = {}
     webhook_config = config.sources.customerio_webhooks

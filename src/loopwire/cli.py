@@ -82,18 +82,32 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
 ) -> None:
-    """Run the sources, the log and delivery.
+    """Run the sources, the log, delivery and the console.
 
     Customer.io webhooks are checked and committed by an ingest process the server starts beside
     itself and stops with itself (`server.ingest_process: false` keeps it all in one process).
 
-    Example: `loopwire serve --config loopwire.yaml`
+    The console (`/`) and `/api/*` need the token in `LOOPWIRE_CONSOLE_TOKEN` (log in at `/login`);
+    without one the console stays locked and the server refuses to listen on a non-loopback address.
+    `/metrics` takes `LOOPWIRE_METRICS_TOKEN` as a bearer token when it is set (docs/console.md).
+
+    Example: `LOOPWIRE_CONSOLE_TOKEN=$(openssl rand -hex 32) loopwire serve --config loopwire.yaml`
     """
     import uvicorn
 
     from loopwire.app import create_app
+    from loopwire.web.auth import refusal
 
     cfg = _load(config)
+    if host is not None or port is not None:
+        server = msgspec.structs.replace(
+            cfg.server, host=host or cfg.server.host, port=port or cfg.server.port
+        )
+        cfg = msgspec.structs.replace(cfg, server=server)
+    why = refusal(cfg.server.host) if cfg.console.token is None else None
+    if why is not None:
+        err.print(why, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2)
     try:
         application = create_app(cfg)
     except ConfigError as exc:
@@ -110,8 +124,8 @@ def serve(
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
     uvicorn.run(
         application,
-        host=host or cfg.server.host,
-        port=port or cfg.server.port,
+        host=cfg.server.host,
+        port=cfg.server.port,
         loop="uvloop",
         http="httptools",
         log_level="warning",

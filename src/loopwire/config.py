@@ -44,6 +44,18 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ready_max_backlog_age: Duration | None = None
 
 
+class ConsoleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The operator's token for the console and /api/* (docs/console.md). Unset here, it is read
+    # from LOOPWIRE_CONSOLE_TOKEN; with neither, the console stays locked and `loopwire serve`
+    # refuses a non-loopback `server.host`.
+    token: Secret | None = None
+    # A bearer token for GET /metrics (LOOPWIRE_METRICS_TOKEN when unset here). With none, /metrics
+    # is open on a loopback bind and takes the console token as its bearer on any other.
+    metrics_token: Secret | None = None
+    session_ttl: Duration = Duration(12 * 3600.0)  # a login lasts this long, then asks again
+    max_login_failures: int = 5  # wrong tokens per client address per minute before 429
+
+
 class CustomerioWebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Several keys verify at once so a signing key can be rotated without dropping events.
     signing_keys: list[Secret]
@@ -71,6 +83,7 @@ class SourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
+    console: ConsoleConfig = ConsoleConfig()
     sources: SourcesConfig = SourcesConfig()
     destinations: dict[str, DestinationOptions] = {}
     audiences: dict[str, AudienceDefinition] = {}  # resolved: library references expanded
@@ -182,8 +195,33 @@ def parse_config(text: str, env: dict[str, str] | None = None) -> Config:
                 key=f"experiments.{key}.audience",
                 line=_line_for(f"experiments.{key}.audience", lines),
             )
-    result: Config = msgspec.structs.replace(config, destinations=typed, audiences=resolved)
+    console = _console_secrets(config.console, env, lines)
+    result: Config = msgspec.structs.replace(config, destinations=typed, audiences=resolved, console=console)
     return result
+
+
+CONSOLE_TOKEN_ENV = "LOOPWIRE_CONSOLE_TOKEN"
+METRICS_TOKEN_ENV = "LOOPWIRE_METRICS_TOKEN"
+TOKEN_MIN_LENGTH = 16
+
+
+def _console_secrets(console: ConsoleConfig, env: dict[str, str], lines: dict[str, int]) -> ConsoleConfig:
+    """The console's tokens: the config's keys, else the environment variables (an empty one is unset)."""
+    token = console.token or (Secret(env[CONSOLE_TOKEN_ENV]) if env.get(CONSOLE_TOKEN_ENV) else None)
+    metrics = console.metrics_token or (
+        Secret(env[METRICS_TOKEN_ENV]) if env.get(METRICS_TOKEN_ENV) else None
+    )
+    for key, secret, variable in (
+        ("token", token, CONSOLE_TOKEN_ENV),
+        ("metrics_token", metrics, METRICS_TOKEN_ENV),
+    ):
+        if secret is not None and len(secret.reveal()) < TOKEN_MIN_LENGTH:
+            raise ConfigError(
+                f"{variable} must be at least {TOKEN_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`)",
+                key=f"console.{key}",
+                line=lines.get(f"console.{key}"),
+            )
+    return msgspec.structs.replace(console, token=token, metrics_token=metrics)
 
 
 def _convert(raw: Any, kind: Any, prefix: str, lines: dict[str, int]) -> Any:

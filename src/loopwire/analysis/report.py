@@ -220,6 +220,27 @@ letter-spacing:.04em;padding:.1rem .5rem;border-radius:3px;text-transform:upperc
 
 
 def render_html(report: LiftReport) -> str:
+    name = html.escape(report.name)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>Lift: {name}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main>
+{render_fragment(report)}</main>
+</body>
+</html>
+"""
+
+
+def render_fragment(report: LiftReport) -> str:
+    """The report's body (headline, groups, lift, chart, sample ratio, breakdown, method) without a
+    page around it: `render_html` wraps it, the console shows it in its own page."""
     e = html.escape
     level = f"{report.confidence:.0%}"
     name = e(report.name)
@@ -242,18 +263,7 @@ def render_html(report: LiftReport) -> str:
         "<table><thead><tr><th>Group</th><th>Users</th><th>Converted</th><th>Rate</th>"
         f"<th>{level} CI</th><th>Revenue</th><th>Revenue / user</th></tr></thead><tbody>{rows}</tbody></table>"
     )
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<title>Lift: {name}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<main>
-<h1>Lift: {name}</h1>
+    return f"""<h1>Lift: {name}</h1>
 <p class="meta">{meta}</p>
 <p class="headline">{e(headline(report))}</p>
 {warnings}
@@ -271,9 +281,6 @@ reached them. Rates: Wilson score intervals. Absolute lift: Newcombe's hybrid sc
 lift: delta method on the log of the ratio. p-value: two-sided two-proportion z-test (pooled).
 Incremental revenue: Welch normal approximation. A user converts with at least one
 {e(report.conversion_event)} from the moment of assignment to {window_days:g} days after it.</p>
-</main>
-</body>
-</html>
 """
 
 

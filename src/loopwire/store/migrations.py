@@ -141,6 +141,14 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     CREATE INDEX outbox_dead ON outbox (updated_ms) WHERE state = 'dead';
     """,
+    # 9 (8 is the identity graph's): destinations paused from the console, kept across restarts. A row
+    #    means paused; `paused: true` in the config pauses a destination whatever this table says.
+    """
+    CREATE TABLE paused_destinations (
+        dest       TEXT PRIMARY KEY,
+        changed_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

@@ -237,6 +237,114 @@ def _customerio_webhook() -> Schema:
     }
 
 
+_SESSION: list[dict[str, list[str]]] = [{"consoleSession": []}, {"consoleToken": []}]
+_UNAUTHENTICATED = _error("unauthenticated: log in at /login, or send the console token as a bearer")
+_CSRF = _header("X-CSRF-Token", _STR, description="the session's CSRF token (or the form field `csrf_token`)")
+
+
+def _page(summary: str, query: tuple[str, ...] = ()) -> Schema:
+    """A console page: HTML for a session, otherwise a redirect to /login."""
+    parameters = [{"name": name, "in": "query", "required": False, "schema": _STR} for name in query]
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"consoleSession": []}],
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {}}},
+                "303": {"description": "no session: to /login?next=<this page>"},
+            },
+        }
+    }
+
+
+def _read(summary: str, query: tuple[str, ...] = ()) -> Schema:
+    parameters = [{"name": name, "in": "query", "required": False, "schema": _STR} for name in query]
+    return {
+        "get": {
+            "summary": summary,
+            "security": _SESSION,
+            "parameters": parameters,
+            "responses": {"200": _json("OK", _OBJECT), "401": _UNAUTHENTICATED},
+        }
+    }
+
+
+def _action(summary: str, fields: dict[str, Schema], path_name: bool = False) -> Schema:
+    form = _obj({"csrf_token": _STR, **fields})
+    parameters = [_CSRF]
+    if path_name:
+        parameters.append({"name": "name", "in": "path", "required": True, "schema": _STR})
+    return {
+        "post": {
+            "summary": summary,
+            "security": _SESSION,
+            "parameters": parameters,
+            "requestBody": _body(
+                "form fields or a JSON object",
+                form,
+                ("application/x-www-form-urlencoded", "application/json"),
+            ),
+            "responses": {
+                "200": _json("done (JSON for a fetch or a script)", _OBJECT),
+                "303": {"description": "done (a form post goes back to its page with a notice)"},
+                "401": _UNAUTHENTICATED,
+                "403": _error("csrf_failed: the CSRF token is missing or wrong"),
+                "404": _error("unknown_destination"),
+                "429": _error("too_many_attempts: too many wrong bearer tokens; see Retry-After"),
+            },
+        }
+    }
+
+
+def _console_paths() -> dict[str, Schema]:
+    login_form = _obj({"token": _STR, "next": _STR}, "token")
+    return {
+        "/login": {
+            "get": {"summary": "the login page", "responses": _text("text/html", "HTML")},
+            "post": {
+                "summary": "exchange the console token for a session cookie",
+                "requestBody": _body("the token", login_form, ("application/x-www-form-urlencoded",)),
+                "responses": {
+                    "303": {
+                        "description": "logged in: Set-Cookie loopwire_session (HttpOnly, SameSite=Strict)"
+                    },
+                    "401": {"description": "wrong token: the login page again", "content": {"text/html": {}}},
+                    "403": _error("cross_origin: posted from another site's page"),
+                    "429": {"description": "too many wrong tokens from this address: see Retry-After"},
+                    "503": {
+                        "description": "locked: no console token is configured",
+                        "content": {"text/html": {}},
+                    },
+                },
+            },
+        },
+        "/logout": {
+            "post": {
+                "summary": "end the session",
+                "security": [{"consoleSession": []}],
+                "parameters": [_CSRF],
+                "responses": {"303": {"description": "to /login"}, "403": _error("csrf_failed")},
+            }
+        },
+        "/": _page("console: overview", ("range",)),
+        "/destinations": _page("console: destinations", ("done",)),
+        "/dead-letters": _page("console: dead letters", ("destination", "reason", "event")),
+        "/audiences": _page("console: audiences", ("name",)),
+        "/experiments": _page("console: experiments", ("id",)),
+        "/person": _page("console: one person", ("key",)),
+        "/api/status": _read("outbox counts and reasons, paused destinations"),
+        "/api/dead-letters": _read("dead letters, newest first", ("destination", "reason", "limit")),
+        "/api/dead-letters/replay": _action(
+            "replay dead letters (one by event_id, or all=1 of a destination and reason)",
+            {"destination": _STR, "reason": _STR, "event_id": _STR, "all": {"enum": ["1"]}},
+        ),
+        "/api/destinations/{name}/pause": _action("pause a destination (kept across restarts)", {}, True),
+        "/api/destinations/{name}/resume": _action("resume a paused destination", {}, True),
+        "/api/destinations/{name}/test": _action("send one test event and report the answer", {}, True),
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     json_ok = {"200": _json("OK", _OBJECT)}
     readiness, not_ready = _ref("Readiness"), "not_ready: `failing` names the failing checks"
@@ -260,13 +368,33 @@ def openapi_document() -> dict[str, Any]:
             **{f"/v1/{call}": {"post": _segment(call)} for call in (*seg.CALLS, "batch")},
             "/healthz": _get("liveness", json_ok),
             "/readyz": _get(ready, {"200": _json("ready", readiness), "503": _json(not_ready, readiness)}),
-            "/api/status": _get("outbox counts and reasons", json_ok),
-            "/metrics": _get("Prometheus metrics", _text("text/plain", "text format")),
-            "/": _get("console", _text("text/html", "HTML")),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [{"metricsToken": []}, {}],
+                    "responses": {
+                        **_text("text/plain", "text format"),
+                        "401": _error(
+                            "a bearer token is needed (LOOPWIRE_METRICS_TOKEN; see docs/console.md)"
+                        ),
+                    },
+                }
+            },
+            **_console_paths(),
             "/openapi.json": _get("this document", json_ok),
         },
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"segmentWriteKey": {"type": "http", "scheme": "basic", "description": basic}},
+            "securitySchemes": {
+                "segmentWriteKey": {"type": "http", "scheme": "basic", "description": basic},
+                "consoleSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "loopwire_session",
+                    "description": "from POST /login; actions also need the session's CSRF token",
+                },
+                "consoleToken": {"type": "http", "scheme": "bearer", "description": "LOOPWIRE_CONSOLE_TOKEN"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "LOOPWIRE_METRICS_TOKEN"},
+            },
         },
     }

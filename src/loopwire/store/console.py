@@ -1,0 +1,272 @@
+"""Store queries of the console. None reads the whole log: each goes through an index to a bounded
+set of rows (one person's events, the dead letters, the backlog, one audience's changes), and volume
+over time is read from where seqs cross bucket edges (the log's seqs run 1..MAX(seq) in commit
+order), a few B-tree descents a bucket whatever the log's size."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from loopwire.store.sqlite import Store
+
+# -- volume in --------------------------------------------------------------------------------------
+
+
+def _first_seq_at(conn: sqlite3.Connection, received_ms: int, last: int) -> int:
+    """The first seq received at or after `received_ms` (`last + 1` if none). `received_ms` rises with
+    seq up to the few milliseconds concurrent commits can reorder: a bucket edge is as exact."""
+    lo, hi = 1, last + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute("SELECT received_ms FROM events WHERE seq = ?", (mid,)).fetchone()
+        if row is not None and row[0] >= received_ms:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
+    """Events logged between consecutive `edges` (ms, ascending): len(edges) - 1 counts."""
+
+    def query(conn: sqlite3.Connection) -> list[int]:
+        last = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        seqs = [_first_seq_at(conn, edge, last) for edge in edges]
+        return [b - a for a, b in itertools.pairwise(seqs)]
+
+    return store.read(query)
+
+
+# -- dead letters and retries --------------------------------------------------------------------
+
+_DEAD_KEYS = (
+    "destination",
+    "event_id",
+    "channel",
+    "metric",
+    "name",
+    "user_id",
+    "attempts",
+    "dead_ms",
+    "reason",
+    "response",
+)
+
+
+def dead_letters(
+    store: Store, dest: str | None = None, reason: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Newest first, through the partial index of dead rows."""
+    sql = (
+        "SELECT o.dest, e.id, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
+        " o.response FROM outbox o JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
+    )
+    args: list[Any] = []
+    if dest is not None:
+        sql += " AND o.dest = ?"
+        args.append(dest)
+    if reason is not None:
+        sql += " AND COALESCE(o.reason, '') = ?"
+        args.append(reason)
+    sql += " ORDER BY o.updated_ms DESC LIMIT ?"
+    args.append(limit)
+    rows = store.read(lambda c: c.execute(sql, args).fetchall())
+    return [dict(zip(_DEAD_KEYS, row, strict=True)) for row in rows]
+
+
+def event_body(store: Store, event_id: str) -> bytes | None:
+    row = store.read(lambda c: c.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone())
+    return bytes(row[0]) if row is not None else None
+
+
+def replay(
+    store: Store,
+    now_ms: int,
+    dest: str | None = None,
+    reason: str | None = None,
+    event_ids: Sequence[str] = (),
+) -> int:
+    """Dead letters (of `dest`, with `reason`, among `event_ids`) back to pending with fresh attempts."""
+    sql = (
+        "UPDATE outbox SET state = 'pending', attempts = 0, enqueued_ms = ?, next_ms = ?, updated_ms = ?"
+        " WHERE state = 'dead'"
+    )
+    args: list[Any] = [now_ms, now_ms, now_ms]
+    if dest is not None:
+        sql += " AND dest = ?"
+        args.append(dest)
+    if reason is not None:
+        sql += " AND COALESCE(reason, '') = ?"
+        args.append(reason)
+    if event_ids:
+        sql += f" AND seq IN (SELECT seq FROM events WHERE id IN ({','.join('?' * len(event_ids))}))"
+        args.extend(event_ids)
+    return int(store.run(lambda c: c.execute(sql, args).rowcount))
+
+
+def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
+    """Pending rows that failed at least once, with the destination's last answer (the backlog only)."""
+    rows = store.read(
+        lambda c: c.execute(
+            "SELECT e.id, o.attempts, o.next_ms, o.updated_ms, o.reason, o.response FROM outbox o"
+            " JOIN events e ON e.seq = o.seq WHERE o.dest = ? AND o.state = 'pending' AND o.reason IS NOT NULL"
+            " ORDER BY o.updated_ms DESC LIMIT ?",
+            (dest, limit),
+        ).fetchall()
+    )
+    keys = ("event_id", "attempts", "next_ms", "updated_ms", "reason", "response")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+# -- pausing ---------------------------------------------------------------------------------------
+
+
+def paused(store: Store) -> dict[str, int]:
+    """Destinations paused from the console (or `/api`), with when."""
+    rows = store.read(lambda c: c.execute("SELECT dest, changed_ms FROM paused_destinations").fetchall())
+    return {dest: at for dest, at in rows}
+
+
+def set_paused(store: Store, dest: str, pause: bool, now_ms: int) -> None:
+    if pause:
+        store.run(
+            lambda c: c.execute(
+                "INSERT INTO paused_destinations (dest, changed_ms) VALUES (?, ?) ON CONFLICT (dest) DO NOTHING",
+                (dest, now_ms),
+            )
+        )
+    else:
+        store.run(lambda c: c.execute("DELETE FROM paused_destinations WHERE dest = ?", (dest,)))
+
+
+def requeue_in_flight(store: Store, dest: str) -> int:
+    """Rows a stopped courier left in flight, pending again (only while no courier runs for `dest`)."""
+    return int(
+        store.run(
+            lambda c: (
+                c.execute(
+                    "UPDATE outbox SET state = 'pending' WHERE dest = ? AND state = 'in_flight'", (dest,)
+                ).rowcount
+            )
+        )
+    )
+
+
+# -- audiences -------------------------------------------------------------------------------------
+
+_AUDIENCE = "json_extract(CAST(body AS TEXT), '$.data.properties.audience')"
+
+
+def audience_size(store: Store, audience: str) -> int:
+    return int(
+        store.read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM members WHERE audience = ? AND member = 1", (audience,)
+            ).fetchone()[0]
+        )
+    )
+
+
+def audience_changes(
+    store: Store, audience: str, entered: str, exited: str, since_ms: int, limit: int = 20
+) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
+    """Per hour since `since_ms`: (hour start ms, entries, exits); and the newest `limit` changes as
+    (user id, "entered" | "exited", time ms, event id). loopwire's own events only, by name (index)."""
+
+    def query(conn: sqlite3.Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
+        hourly = conn.execute(
+            f"SELECT time_ms / 3600000 * 3600000 AS hour, SUM(name = ?1), SUM(name = ?2) FROM events"
+            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND time_ms >= ?3 AND {_AUDIENCE} = ?4"
+            " GROUP BY hour ORDER BY hour",
+            (entered, exited, since_ms, audience),
+        ).fetchall()
+        recent = conn.execute(
+            f"SELECT user_id, CASE WHEN name = ?1 THEN 'entered' ELSE 'exited' END, time_ms, id FROM events"
+            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND {_AUDIENCE} = ?3 ORDER BY seq DESC LIMIT ?4",
+            (entered, exited, audience, limit),
+        ).fetchall()
+        return hourly, recent
+
+    return store.read(query)
+
+
+# -- one person ------------------------------------------------------------------------------------
+
+
+def person_events(
+    store: Store, user_id: str, limit: int = 200
+) -> list[tuple[int, str, str, str, str | None, str | None, str | None, int, bytes]]:
+    """A person's newest events: (seq, id, source, kind, channel, metric, name, time_ms, body)."""
+    rows: list[Any] = store.read(
+        lambda c: c.execute(
+            "SELECT seq, id, source, kind, channel, metric, name, time_ms, body FROM events WHERE user_id = ?"
+            " ORDER BY time_ms DESC LIMIT ?",
+            (user_id, limit),
+        ).fetchall()
+    )
+    return rows
+
+
+def deliveries(
+    store: Store, dests: Sequence[str], seqs: Sequence[int]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per seq, per destination: state, attempts, when it last changed, reason (primary-key lookups)."""
+    found: dict[int, dict[str, dict[str, Any]]] = {}
+    if not seqs or not dests:
+        return found
+
+    def query(conn: sqlite3.Connection) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(seqs), 500):
+            chunk = list(seqs[start : start + 500])
+            rows += conn.execute(
+                f"SELECT seq, dest, state, attempts, updated_ms, reason, response FROM outbox"
+                f" WHERE dest IN ({','.join('?' * len(dests))}) AND seq IN ({','.join('?' * len(chunk))})",
+                [*dests, *chunk],
+            ).fetchall()
+        return rows
+
+    for seq, dest, state, attempts, updated, reason, response in store.read(query):
+        found.setdefault(seq, {})[dest] = {
+            "state": state,
+            "attempts": attempts,
+            "updated_ms": updated,
+            "reason": reason,
+            "response": response,
+        }
+    return found
+
+
+def memberships(store: Store, user_id: str, audiences: Sequence[str]) -> dict[str, tuple[bool, int, int]]:
+    """Per audience: (member, version, since ms), by primary key."""
+
+    def query(conn: sqlite3.Connection) -> dict[str, tuple[bool, int, int]]:
+        result = {}
+        for audience in audiences:
+            row = conn.execute(
+                "SELECT member, version, since_ms FROM members WHERE audience = ? AND user_id = ?",
+                (audience, user_id),
+            ).fetchone()
+            if row is not None:
+                result[audience] = (bool(row[0]), int(row[1]), int(row[2]))
+        return result
+
+    return store.read(query)
+
+
+def person_assignments(store: Store, user_id: str, experiments: Sequence[str]) -> dict[str, tuple[str, int]]:
+    def query(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+        result = {}
+        for experiment in experiments:
+            row = conn.execute(
+                "SELECT grp, assigned_ms FROM assignments WHERE experiment = ? AND user_id = ?",
+                (experiment, user_id),
+            ).fetchone()
+            if row is not None:
+                result[experiment] = (str(row[0]), int(row[1]))
+        return result
+
+    return store.read(query)
