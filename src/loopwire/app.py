@@ -220,6 +220,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
         finally:
             if console is not None:
                 await console.trend.stop()
+                await console.lifts.stop()
             await runtime.stop()
 
     async def healthz(request: Request) -> Response:

@@ -60,9 +60,11 @@ def dead_letters(
     store: Store, dest: str | None = None, reason: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Newest first, through the partial index of dead rows."""
+    # INDEXED BY: with a destination given, SQLite would rather walk that destination's primary-key
+    # range (every row it ever had) and sort; the partial index holds the dead rows only, newest last.
     sql = (
         "SELECT o.dest, e.id, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
-        " o.response FROM outbox o JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
+        " o.response FROM outbox o INDEXED BY outbox_dead JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
     )
     args: list[Any] = []
     if dest is not None:
@@ -112,13 +114,34 @@ def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
     rows = store.read(
         lambda c: c.execute(
             "SELECT e.id, o.attempts, o.next_ms, o.updated_ms, o.reason, o.response FROM outbox o"
-            " JOIN events e ON e.seq = o.seq WHERE o.dest = ? AND o.state = 'pending' AND o.reason IS NOT NULL"
-            " ORDER BY o.updated_ms DESC LIMIT ?",
+            " INDEXED BY outbox_ready JOIN events e ON e.seq = o.seq"
+            " WHERE o.dest = ? AND o.state = 'pending' AND o.reason IS NOT NULL ORDER BY o.updated_ms DESC LIMIT ?",
             (dest, limit),
         ).fetchall()
     )
     keys = ("event_id", "attempts", "next_ms", "updated_ms", "reason", "response")
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def oldest_waiting(store: Store, dests: Sequence[str]) -> dict[str, int]:
+    """Per destination, when its oldest pending or in-flight row was enqueued: the backlog's rows only,
+    one range of `outbox_ready` per destination and state."""
+
+    def query(conn: sqlite3.Connection) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for dest in dests:
+            times = [
+                conn.execute(
+                    "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_ready WHERE dest = ? AND state = ?",
+                    (dest, state),
+                ).fetchone()[0]
+                for state in ("pending", "in_flight")
+            ]
+            if any(t is not None for t in times):
+                found[dest] = min(t for t in times if t is not None)
+        return found
+
+    return store.read(query)
 
 
 # -- pausing ---------------------------------------------------------------------------------------

@@ -112,16 +112,23 @@ def cards(items: Iterable[tuple[str, str]]) -> str:
     )
 
 
-def document(title: str, body: str) -> str:
+def document(title: str, body: str, refresh: int | None = None) -> str:
+    reload = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>{reload}"
         '<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>{escape(title)} · loopwire</title><style>{CSS}</style></head><body>{body}</body></html>"
     )
 
 
 def page(
-    title: str, active: str, content: str, csrf: str, notice: str = "", status: int = 200
+    title: str,
+    active: str,
+    content: str,
+    csrf: str,
+    notice: str = "",
+    status: int = 200,
+    refresh: int | None = None,
 ) -> HTMLResponse:
     links = "".join(
         f'<a href="{href}"{" class=on" if key == active else ""}>{label}</a>' for href, key, label in NAV
@@ -131,7 +138,7 @@ def page(
         f"{button_form('/logout', csrf, 'Log out')}</header>"
     )
     body = f"{header}<main><h1>{escape(title)}</h1>{notice}{content}</main>"
-    return html_response(document(title, body), status)
+    return html_response(document(title, body, refresh), status)
 
 
 def html_response(text: str, status: int = 200) -> HTMLResponse:

@@ -20,6 +20,7 @@ from loopwire.web import auth as guard
 from loopwire.web.auth import Auth, Session
 from loopwire.web.context import Console
 from loopwire.web.layout import html_response, notice, page
+from loopwire.web.lift_cache import LiftCache
 from loopwire.web.pages import audiences, dead_letters, destinations, experiments, login, overview, person
 from loopwire.web.trend import Trend
 
@@ -54,7 +55,9 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
     """The routes of the console and /api/*, and `/metrics` behind its guard."""
     auth = Auth(runtime.config.console, runtime.config.server.host, runtime.clock)
     trend = Trend(runtime.store, runtime.config.destinations, runtime.metrics.registry, runtime.clock)
-    console = Console(runtime, auth, trend)
+    console = Console(
+        runtime, auth, trend, LiftCache(lambda key: experiments.compute(console, key), runtime.clock)
+    )
     dests = runtime.config.destinations
 
     # -- login -----------------------------------------------------------------------------------
@@ -97,10 +100,15 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
         return response
 
     # -- pages -----------------------------------------------------------------------------------
-    def view(title: str, active: str, build: Callable[[Request, Session], Awaitable[str]]) -> Endpoint:
+    def view(
+        title: str, active: str, build: Callable[[Request, Session], Awaitable[str | tuple[str, int]]]
+    ) -> Endpoint:
         async def handler(request: Request, session: Session) -> Response:
-            content = await build(request, session)
-            return page(title, active, content, session.csrf, notice(dict(request.query_params)))
+            built = await build(request, session)
+            content, refresh = built if isinstance(built, tuple) else (built, None)  # seconds to reload in
+            return page(
+                title, active, content, session.csrf, notice(dict(request.query_params)), refresh=refresh
+            )
 
         return guard.page(auth, handler)
 
@@ -127,10 +135,11 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
             await asyncio.to_thread(audiences.gather, console, request.query_params.get("name"))
         )
 
-    async def experiments_page(request: Request, session: Session) -> str:
-        return experiments.render(
-            await asyncio.to_thread(experiments.gather, console, request.query_params.get("id"))
-        )
+    async def experiments_page(request: Request, session: Session) -> str | tuple[str, int]:
+        key = experiments.pick(console, request.query_params.get("id"))
+        found = await console.lifts.get(key) if key is not None else None
+        content = experiments.render(experiments.gather(console, key, found))
+        return (content, 3) if key is not None and found is None else content
 
     async def person_page(request: Request, session: Session) -> str:
         key = request.query_params.get("key", "").strip()[:200]

@@ -13,14 +13,24 @@ from loopwire.web.context import Console
 from loopwire.web.layout import empty
 
 
-def gather(console: Console, chosen: str | None) -> dict[str, Any]:
+def compute(console: Console, key: str) -> LiftReport:
+    """The lift of one experiment, from the store (run in a thread by the console's LiftCache)."""
     runtime = console.runtime
-    experiments = runtime.config.experiments
-    key = chosen if chosen in experiments else next(iter(experiments), None)
-    report: LiftReport | None = None
-    if key is not None:
-        report = lift_report(runtime.store, key, experiments[key])
-    return {"keys": list(experiments), "key": key, "report": report}
+    return lift_report(runtime.store, key, runtime.config.experiments[key])
+
+
+def pick(console: Console, chosen: str | None) -> str | None:
+    experiments = console.runtime.config.experiments
+    return chosen if chosen in experiments else next(iter(experiments), None)
+
+
+def gather(console: Console, key: str | None, found: tuple[int, float, LiftReport] | None) -> dict[str, Any]:
+    return {
+        "keys": list(console.runtime.config.experiments),
+        "key": key,
+        "found": found,
+        "now": console.now_ms(),
+    }
 
 
 def render(data: dict[str, Any]) -> str:
@@ -35,7 +45,16 @@ def render(data: dict[str, Any]) -> str:
         f"<b>{fmt.text(k)}</b>" if k == key else f'<a href="/experiments?id={fmt.text(k)}">{fmt.text(k)}</a>'
         for k in data["keys"]
     )
-    report: LiftReport = data["report"]
+    if data["found"] is None:
+        return f"<p>{tabs}</p>" + empty(
+            "Computing the lift report: it reads every conversion and message of the experiment's window."
+            " This page reloads itself in a few seconds."
+        )
+    computed, took, report = data["found"]
+    age = (
+        f'<p class="muted">Computed {fmt.moment(computed, data["now"])} in {fmt.seconds(took)}; recomputed'
+        " in the background at most once a minute while this page is viewed.</p>"
+    )
     body = render_fragment(report).replace("<h1>", '<h2 class="lift-title">', 1).replace("</h1>", "</h2>", 1)
     if not report.holdout.n and not report.treatment.n:
         body = (
@@ -45,4 +64,4 @@ def render(data: dict[str, Any]) -> str:
             )
             + body
         )
-    return f"<p>{tabs} · CLI: <code>loopwire lift --experiment {fmt.text(key)}</code></p>{body}"
+    return f"<p>{tabs} · CLI: <code>loopwire lift --experiment {fmt.text(key)}</code></p>{age}{body}"

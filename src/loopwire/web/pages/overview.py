@@ -21,11 +21,12 @@ def gather(console: Console, span: str) -> dict[str, Any]:
     end = now - now % size + size  # the current bucket's end
     edges = [end - size * k for k in range(buckets, -1, -1)]
     received = queries.received_per_bucket(runtime.store, edges)
+    status = runtime.status()
     return {
         "now": now,
         "span": span if span in RANGES else "24h",
-        "status": runtime.status(),
-        "oldest": runtime.store.oldest_undelivered_ms(),
+        "status": status,
+        "oldest": queries.oldest_waiting(runtime.store, list(status["destinations"])),
         "volume_in": [(min(edge, now), float(n)) for edge, n in zip(edges[1:], received, strict=True)],
         "range": (edges[0], min(end, now)),
         "series": console.trend.series(),
