@@ -18,6 +18,7 @@ FORBIDDEN = {
     "contracts": {"sources", "pipeline", "store", "destinations", "app", "cli", "sandbox", "demo", "web"},
     "audiences": {"sources", "destinations", "app", "cli", "sandbox", "demo", "web"},
     "analysis": {"sources", "pipeline", "destinations", "app", "cli", "sandbox", "demo", "web"},
+    "identity": {"sources", "pipeline", "app", "cli", "sandbox", "demo", "web"},
 }
 
 

@@ -80,6 +80,19 @@ class SourcesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment_api: SegmentApiConfig | None = None  # POST /v1/track|identify|group|page|screen|alias|batch
 
 
+class IdentityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The one identifier a person is known by: `user_id`, `email`, or the name of the attribute
+    # (a trait / user property) holding an external id. The identity report counts the people
+    # without it (docs/identity.md).
+    primary: str = "user_id"
+    # Keep the identity graph (a follower of the log in `loopwire serve`); false: no graph, no report.
+    graph: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.primary.strip() or self.primary != self.primary.strip():
+            raise ValueError("`primary` must be user_id, email, or an attribute name without spaces")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
@@ -88,6 +101,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     destinations: dict[str, DestinationOptions] = {}
     audiences: dict[str, AudienceDefinition] = {}  # resolved: library references expanded
     experiments: dict[str, Experiment] = {}  # holdout experiments by id (see docs/lift.md)
+    identity: IdentityConfig = IdentityConfig()  # the primary identifier and the graph (docs/identity.md)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

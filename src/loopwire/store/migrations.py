@@ -141,7 +141,80 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     CREATE INDEX outbox_dead ON outbox (updated_ms) WHERE state = 'dead';
     """,
-    # 9 (8 is the identity graph's): destinations paused from the console, kept across restarts. A row
+    # 8: the identity graph (issue 10), kept by a follower of the log (pipeline/identity_graph.py)
+    #    whose cursor is `cursors.identity`, written in the same transaction as what it folded.
+    #    `id_nodes`: every identifier, the person (connected component) it belongs to, and how
+    #    many of the other kind it was seen with (emails of a user id, user ids of an email).
+    #    `id_people`: per person, the kinds it carries (a bit mask) and its size; `id_tally`:
+    #    people per mask and the split identifiers, so the report and /metrics read a few rows.
+    #    `id_events`: events without a user id, by an identifier they carry (events with one are
+    #    found through `events_user`). `audience_tally`: members and membership changes per
+    #    audience, kept by triggers on `members`, so /metrics counts no member rows.
+    """
+    CREATE TABLE id_nodes (
+        kind     TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        person   INTEGER NOT NULL,
+        partners INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    CREATE INDEX id_nodes_person ON id_nodes (person);
+    CREATE INDEX id_nodes_split ON id_nodes (kind, value) WHERE partners >= 2;
+    CREATE TABLE id_pairs (
+        email   TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (email, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX id_pairs_user ON id_pairs (user_id);
+    CREATE TABLE id_people (
+        person INTEGER PRIMARY KEY,
+        mask   INTEGER NOT NULL,
+        size   INTEGER NOT NULL
+    );
+    CREATE INDEX id_people_mask ON id_people (mask);
+    CREATE TABLE id_tally (
+        name TEXT PRIMARY KEY,
+        n    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE id_events (
+        kind  TEXT NOT NULL,
+        value TEXT NOT NULL,
+        seq   INTEGER NOT NULL,
+        PRIMARY KEY (kind, value, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE id_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE audience_tally (
+        audience TEXT PRIMARY KEY,
+        members  INTEGER NOT NULL DEFAULT 0,
+        entered  INTEGER NOT NULL DEFAULT 0,
+        exited   INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    INSERT INTO audience_tally (audience, members, entered, exited)
+        SELECT audience, SUM(member), 0, 0 FROM members GROUP BY audience;
+    CREATE TRIGGER audience_tally_insert AFTER INSERT ON members BEGIN
+        INSERT INTO audience_tally (audience, members, entered, exited)
+        VALUES (new.audience, new.member, new.member, 0)
+        ON CONFLICT (audience) DO UPDATE SET members = members + new.member, entered = entered + new.member;
+    END;
+    CREATE TRIGGER audience_tally_update AFTER UPDATE OF member, changes ON members
+    WHEN old.member IS NOT new.member OR old.changes IS NOT new.changes
+    BEGIN
+        INSERT INTO audience_tally (audience, members, entered, exited)
+        VALUES (new.audience, 0, 0, 0) ON CONFLICT (audience) DO NOTHING;
+        UPDATE audience_tally SET
+            members = members + new.member - old.member,
+            entered = entered + (new.member = 1 AND new.changes > old.changes),
+            exited = exited + (new.member = 0 AND new.changes > old.changes)
+        WHERE audience = new.audience;
+    END;
+    CREATE TRIGGER audience_tally_delete AFTER DELETE ON members BEGIN
+        UPDATE audience_tally SET members = members - old.member WHERE audience = old.audience;
+    END;
+    """,
+    # 9: destinations paused from the console, kept across restarts. A row
     #    means paused; `paused: true` in the config pauses a destination whatever this table says.
     """
     CREATE TABLE paused_destinations (

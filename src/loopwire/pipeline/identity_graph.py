@@ -1,0 +1,201 @@
+"""The identity graph's follower: reads the log by seq, in batches, and folds each event's identifiers
+into the graph (store/identity.py); the hot ingest path is not touched.
+
+Crash safety: a batch's links, tallies and the cursor are one transaction, written only if the
+cursor is still where the batch was read from (compare and set), so a restart resumes after the last
+batch written, and two followers (a server and a CLI, say) never fold an event twice.
+
+Cost: most events carry an identifier set already folded (a person's sends, deliveries, opens…);
+those sets are remembered (bounded) and cost only their decoding. The rest cost one lookup per
+batch and a few rows written per new identifier or link. People merge by size (the smaller joins
+the larger), so relabelling costs at most the smaller side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from loopwire.identity import BIT, Ident, identifiers_of
+from loopwire.store import Store
+from loopwire.store import identity as graph
+
+log = logging.getLogger("loopwire.identity")
+
+BATCH = 2_000  # log rows per transaction
+POLL_S = 0.5  # idle: look for new rows this often
+SETTLED_MAX = 200_000  # identifier sets remembered as already folded
+
+
+class Follower:
+    def __init__(
+        self,
+        store: Store,
+        external: str | None = None,
+        batch: int = BATCH,
+        poll: float = POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._external = external
+        self._batch = batch
+        self._poll = poll
+        self._settled: set[frozenset[Ident]] = set()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._checked = False
+        self.folded = 0  # events folded by this follower
+
+    def settings(self) -> dict[str, str]:
+        return {"external": self._external or ""}
+
+    def _check_settings(self) -> None:
+        """A graph built with another external id attribute is rebuilt from the start of the log."""
+        stored = graph.meta(self._store)
+        if stored and stored != self.settings():
+            log.warning("identity settings changed (%s → %s): rebuilding the graph", stored, self.settings())
+            graph.reset(self._store, self.settings())
+            self._settled.clear()
+        self._checked = True
+
+    def fold_once(self) -> int:
+        """Fold the next batch; returns how many log rows it read (0: caught up). Sync: run it in a
+        thread (the server does) or from the CLI."""
+        if not self._checked:
+            self._check_settings()
+        after = graph.cursor(self._store)
+        rows = graph.read_batch(self._store, after, self._batch)
+        if not rows:
+            return 0
+        fold, sets = self._plan(after, [(seq, identifiers_of(body, self._external)) for seq, body in rows])
+        try:
+            graph.apply(self._store, fold)
+        except graph.Conflict:
+            log.info("another follower folded events after seq %d; reading on from there", after)
+            return len(rows)
+        self._remember(sets)  # only once written: a failed batch is read and planned again
+        self.folded += len(rows)
+        return len(rows)
+
+    def catch_up(self) -> int:
+        total = 0
+        while n := self.fold_once():
+            total += n
+        return total
+
+    def _plan(
+        self, after: int, rows: list[tuple[int, list[Ident]]]
+    ) -> tuple[graph.Fold, dict[frozenset[Ident], None]]:
+        events = [(*idents[0], seq) for seq, idents in rows if idents and idents[0][0] != "user_id"]
+        sets: dict[frozenset[Ident], None] = {}
+        for _, idents in rows:
+            if len(idents) and (key := frozenset(idents)) not in self._settled:
+                sets[key] = None
+        idents = list(dict.fromkeys(i for s in sets for i in s))
+        nodes = {i: list(v) for i, v in graph.nodes(self._store, idents).items()} if idents else {}
+        loaded = {person for person, _ in nodes.values()}
+        people = {p: list(v) for p, v in graph.people(self._store, sorted(loaded)).items()} if loaded else {}
+        before = {p: tuple(v) for p, v in people.items()}
+        candidates = [(e, u) for s in sets for e in _of(s, "email") for u in _of(s, "user_id")]
+        pairs = graph.known_pairs(self._store, candidates) if candidates else set()
+        parent: dict[int, int] = {}
+
+        def find(p: int) -> int:
+            while p in parent:
+                p = parent[p]
+            return p
+
+        next_person = graph.last_person(self._store) + 1 if sets else 0
+        tally: dict[str, int] = {}
+        new_nodes: set[Ident] = set()
+        changed_partners: set[Ident] = set()
+        new_pairs: list[tuple[str, str]] = []
+        merges: dict[int, int] = {}
+        for members in sets:
+            roots = {find(nodes[i][0]) for i in members if i in nodes}
+            if roots:
+                root = max(roots, key=lambda p: (people[p][1], -p))
+                for other in roots - {root}:
+                    parent[other] = root
+                    merges[other] = root
+                    people[root][0] |= people[other][0]
+                    people[root][1] += people[other][1]
+            else:
+                root, next_person = next_person, next_person + 1
+                people[root] = [0, 0]
+            for ident in members:
+                if ident not in nodes:
+                    nodes[ident] = [root, 0]
+                    new_nodes.add(ident)
+                    people[root][0] |= BIT[ident[0]]
+                    people[root][1] += 1
+                    tally[f"kind:{ident[0]}"] = tally.get(f"kind:{ident[0]}", 0) + 1
+            for email in _of(members, "email"):
+                for user in _of(members, "user_id"):
+                    if (email, user) in pairs:
+                        continue
+                    pairs.add((email, user))
+                    new_pairs.append((email, user))
+                    for ident, name in (
+                        (("email", email), "split:email"),
+                        (("user_id", user), "split:user_id"),
+                    ):
+                        nodes[ident][1] += 1
+                        if nodes[ident][1] == 2:
+                            tally[name] = tally.get(name, 0) + 1
+                        if ident not in new_nodes:
+                            changed_partners.add(ident)
+        written: list[tuple[int, int, int]] = []
+        for person, (mask, size) in people.items():
+            old = before.get(person)
+            alive = person not in parent
+            if old is not None and (not alive or old != (mask, size)):
+                tally[f"mask:{old[0]}"] = tally.get(f"mask:{old[0]}", 0) - 1
+            if alive and old != (mask, size):
+                tally[f"mask:{mask}"] = tally.get(f"mask:{mask}", 0) + 1
+                written.append((person, mask, size))
+        fold = graph.Fold(
+            after=after,
+            cursor=rows[-1][0],
+            new_nodes=[(k, v, find(nodes[(k, v)][0]), nodes[(k, v)][1]) for k, v in new_nodes],
+            partners=[(nodes[i][1], *i) for i in changed_partners],
+            merges=[(old, find(old)) for old in merges],
+            people=written,
+            pairs=new_pairs,
+            tally=tally,
+            events=events,
+            meta=self.settings(),
+        )
+        return fold, sets
+
+    def _remember(self, sets: dict[frozenset[Ident], None]) -> None:
+        if len(self._settled) + len(sets) > SETTLED_MAX:
+            self._settled.clear()
+        self._settled.update(sets)
+
+    # -- in `loopwire serve` ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="identity-follower")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                read = await asyncio.to_thread(self.fold_once)
+            except Exception:
+                log.exception("the identity follower failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            if read < self._batch:
+                await asyncio.sleep(self._poll)
+
+
+def _of(members: frozenset[Ident], kind: str) -> list[str]:
+    return [value for k, value in members if k == kind]

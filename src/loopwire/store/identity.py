@@ -1,0 +1,346 @@
+"""Store queries of the identity graph (tables of migration 8): the follower's lookups and its one
+write per batch, the tallies the report and /metrics read, and one person's events and deliveries."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from loopwire.store.sqlite import Store
+
+CURSOR = "identity"
+_JSON = msgspec.json.Encoder().encode
+_CHUNK = 500  # identifiers per lookup statement
+
+
+class Conflict(Exception):
+    """The cursor moved since the batch was read: another follower folded it. Nothing was written."""
+
+
+class Tally(NamedTuple):
+    cursor: int  # the last log seq folded into the graph
+    masks: dict[int, int]  # mask of identifier kinds → people carrying exactly those kinds
+    split_emails: int  # emails seen with two or more user ids
+    split_users: int  # user ids seen with two or more emails
+    identifiers: dict[str, int]  # kind → distinct identifiers
+
+    @property
+    def people(self) -> int:
+        return sum(self.masks.values())
+
+
+class Fold(NamedTuple):
+    """Everything one batch changes, written in one transaction with the cursor."""
+
+    after: int  # the cursor the batch was read from (checked: compare and set)
+    cursor: int  # the last seq of the batch
+    new_nodes: list[tuple[str, str, int, int]]  # kind, value, person, partners
+    partners: list[tuple[int, str, str]]  # partners, kind, value (existing nodes)
+    merges: list[tuple[int, int]]  # person → the person it joins
+    people: list[tuple[int, int, int]]  # person, mask, size (inserted or replaced)
+    pairs: list[tuple[str, str]]  # email, user_id
+    tally: dict[str, int]  # name → change
+    events: list[tuple[str, str, int]]  # kind, value, seq of events without a user id
+    meta: dict[str, str] | None = None
+
+
+def _cursor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM cursors WHERE name = ?", (CURSOR,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def cursor(store: Store) -> int:
+    return store.read(_cursor)
+
+
+def meta(store: Store) -> dict[str, str]:
+    return dict(store.read(lambda c: c.execute("SELECT key, value FROM id_meta").fetchall()))
+
+
+def read_batch(store: Store, after: int, limit: int) -> list[tuple[int, bytes]]:
+    rows: list[tuple[int, bytes]] = store.read(
+        lambda c: c.execute(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+    )
+    return rows
+
+
+def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(kind, value) → (person, partners) of those already in the graph."""
+
+    def query(c: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, int]]:
+        found: dict[tuple[str, str], tuple[int, int]] = {}
+        for start in range(0, len(idents), _CHUNK):
+            chunk = _JSON([list(i) for i in idents[start : start + _CHUNK]]).decode()
+            for kind, value, person, partners in c.execute(
+                "SELECT n.kind, n.value, n.person, n.partners FROM json_each(?) AS j"
+                " JOIN id_nodes AS n ON n.kind = j.value ->> 0 AND n.value = j.value ->> 1",
+                (chunk,),
+            ):
+                found[(kind, value)] = (person, partners)
+        return found
+
+    return store.read(query)
+
+
+def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """person → (mask, size)."""
+
+    def query(c: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+        found: dict[int, tuple[int, int]] = {}
+        for start in range(0, len(persons), _CHUNK):
+            chunk = _JSON(list(persons[start : start + _CHUNK])).decode()
+            for person, mask, size in c.execute(
+                "SELECT person, mask, size FROM id_people WHERE person IN (SELECT value FROM json_each(?))",
+                (chunk,),
+            ):
+                found[person] = (mask, size)
+        return found
+
+    return store.read(query)
+
+
+def known_pairs(store: Store, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    def query(c: sqlite3.Connection) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = _JSON([list(p) for p in pairs[start : start + _CHUNK]]).decode()
+            for email, user_id in c.execute(
+                "SELECT p.email, p.user_id FROM json_each(?) AS j"
+                " JOIN id_pairs AS p ON p.email = j.value ->> 0 AND p.user_id = j.value ->> 1",
+                (chunk,),
+            ):
+                found.add((email, user_id))
+        return found
+
+    return store.read(query)
+
+
+def last_person(store: Store) -> int:
+    return int(
+        store.read(lambda c: c.execute("SELECT COALESCE(MAX(person), 0) FROM id_people").fetchone()[0])
+    )
+
+
+def apply(store: Store, fold: Fold) -> None:
+    """Write one batch, cursor included, in one transaction; `Conflict` (nothing written) if the
+    cursor is no longer where the batch was read from."""
+
+    def job(conn: sqlite3.Connection) -> None:
+        if _cursor(conn) != fold.after:
+            raise Conflict(f"the identity cursor moved from {fold.after}")
+        conn.execute(
+            "INSERT INTO cursors (name, seq) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+            (CURSOR, fold.cursor),
+        )
+        for old, new in fold.merges:
+            conn.execute("UPDATE id_nodes SET person = ? WHERE person = ?", (new, old))
+            conn.execute("DELETE FROM id_people WHERE person = ?", (old,))
+        conn.executemany(
+            "INSERT INTO id_nodes (kind, value, person, partners) VALUES (?, ?, ?, ?)", fold.new_nodes
+        )
+        conn.executemany("UPDATE id_nodes SET partners = ? WHERE kind = ? AND value = ?", fold.partners)
+        conn.executemany(
+            "INSERT OR REPLACE INTO id_people (person, mask, size) VALUES (?, ?, ?)", fold.people
+        )
+        conn.executemany("INSERT OR IGNORE INTO id_pairs (email, user_id) VALUES (?, ?)", fold.pairs)
+        conn.executemany(
+            "INSERT INTO id_tally (name, n) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+            [(name, n) for name, n in fold.tally.items() if n],
+        )
+        conn.executemany("INSERT OR IGNORE INTO id_events (kind, value, seq) VALUES (?, ?, ?)", fold.events)
+        if fold.meta is not None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO id_meta (key, value) VALUES (?, ?)", list(fold.meta.items())
+            )
+
+    store.run(job)
+
+
+def reset(store: Store, settings: dict[str, str]) -> None:
+    """Forget the graph (its settings changed): the follower folds the log again from the start."""
+
+    def job(conn: sqlite3.Connection) -> None:
+        for table in ("id_nodes", "id_pairs", "id_people", "id_tally", "id_events", "id_meta"):
+            conn.execute(f"DELETE FROM {table}")
+        conn.execute("DELETE FROM cursors WHERE name = ?", (CURSOR,))
+        conn.executemany("INSERT INTO id_meta (key, value) VALUES (?, ?)", list(settings.items()))
+
+    store.run(job)
+
+
+# --- what the report reads ------------------------------------------------------------------------
+
+
+def tally(store: Store) -> Tally:
+    def query(c: sqlite3.Connection) -> Tally:
+        masks: dict[int, int] = {}
+        kinds: dict[str, int] = {}
+        split = {"email": 0, "user_id": 0}
+        for name, n in c.execute("SELECT name, n FROM id_tally WHERE n != 0"):
+            group, _, key = name.partition(":")
+            if group == "mask":
+                masks[int(key)] = n
+            elif group == "kind":
+                kinds[key] = n
+            elif group == "split":
+                split[key] = n
+        return Tally(_cursor(c), masks, split["email"], split["user_id"], kinds)
+
+    return store.read(query)
+
+
+def _members(c: sqlite3.Connection, person: int, limit: int) -> list[tuple[str, str]]:
+    rows = c.execute(
+        "SELECT kind, value FROM id_nodes WHERE person = ? ORDER BY kind, value LIMIT ?", (person, limit)
+    ).fetchall()
+    return [(kind, value) for kind, value in rows]
+
+
+def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list[list[tuple[str, str]]]:
+    """Emails with several user ids (kind `email`) or user ids with several emails: each with the
+    identifiers of the other kind it was seen with."""
+    other, column, by = ("user_id", "user_id", "email") if kind == "email" else ("email", "email", "user_id")
+
+    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+        groups: list[list[tuple[str, str]]] = []
+        for (value,) in c.execute(
+            "SELECT value FROM id_nodes WHERE kind = ? AND partners >= 2 ORDER BY value LIMIT ?",
+            (kind, limit),
+        ).fetchall():
+            partners = c.execute(
+                f"SELECT {column} FROM id_pairs WHERE {by} = ? ORDER BY {column} LIMIT ?", (value, width)
+            ).fetchall()
+            groups.append([(kind, value), *((other, p) for (p,) in partners)])
+        return groups
+
+    return store.read(query)
+
+
+def people_with_masks(
+    store: Store, masks: Sequence[int], limit: int, width: int = 10
+) -> list[list[tuple[str, str]]]:
+    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+        persons = c.execute(
+            "SELECT person FROM id_people WHERE mask IN (SELECT value FROM json_each(?)) ORDER BY person LIMIT ?",
+            (_JSON(list(masks)).decode(), limit),
+        ).fetchall()
+        return [_members(c, person, width) for (person,) in persons]
+
+    return store.read(query)
+
+
+# --- one person -----------------------------------------------------------------------------------
+
+
+class EventRow(NamedTuple):
+    seq: int
+    time_ms: int
+    source: str
+    key: str
+    event_id: str
+
+
+class Delivery(NamedTuple):
+    state: str
+    attempts: int
+    updated_ms: int
+    reason: str | None
+    response: str | None
+
+
+def component(
+    store: Store, candidates: Sequence[tuple[str, str]], limit: int = 1000
+) -> list[tuple[str, str]]:
+    """Every identifier of the person one of `candidates` belongs to (the first found)."""
+
+    def query(c: sqlite3.Connection) -> list[tuple[str, str]]:
+        for kind, value in candidates:
+            row = c.execute(
+                "SELECT person FROM id_nodes WHERE kind = ? AND value = ?", (kind, value)
+            ).fetchone()
+            if row is not None:
+                return _members(c, row[0], limit)
+        return []
+
+    return store.read(query)
+
+
+def user_has_events(store: Store, user_id: str) -> bool:
+    return bool(
+        store.read(
+            lambda c: c.execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,)).fetchone()
+        )
+    )
+
+
+def _key(source: str, kind: str, channel: str | None, metric: str | None, name: str | None) -> str:
+    # model.event_key on the columns
+    if source == "customerio" and channel is not None:
+        return f"{channel}.{metric}"
+    return name or kind
+
+
+def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -> list[EventRow]:
+    """The newest `limit` events of these identifiers: by user id through `events_user`, the others
+    through `id_events`."""
+    columns = "seq, time_ms, source, kind, channel, metric, name, id"
+
+    def query(c: sqlite3.Connection) -> list[EventRow]:
+        rows: dict[int, Any] = {}
+        for kind, value in idents:
+            if kind == "user_id":
+                found = c.execute(
+                    f"SELECT {columns} FROM events WHERE user_id = ? ORDER BY time_ms DESC LIMIT ?",
+                    (value, limit),
+                ).fetchall()
+            else:
+                found = c.execute(
+                    f"SELECT {columns} FROM events WHERE seq IN (SELECT seq FROM id_events"
+                    " WHERE kind = ? AND value = ? ORDER BY seq DESC LIMIT ?)",
+                    (kind, value, limit),
+                ).fetchall()
+            for row in found:
+                rows[row[0]] = row
+        newest = sorted(rows.values(), key=lambda r: (r[1], r[0]), reverse=True)[:limit]
+        return [
+            EventRow(seq, t, source, _key(source, k, ch, m, n), ident)
+            for seq, t, source, k, ch, m, n, ident in newest
+        ]
+
+    return store.read(query)
+
+
+def deliveries(store: Store, seqs: Sequence[int], dests: Sequence[str]) -> dict[int, dict[str, Delivery]]:
+    """seq → destination → its outbox row (the outbox is keyed by destination, then seq)."""
+    if not seqs:
+        return {}
+    chunk = _JSON(list(seqs)).decode()
+
+    def query(c: sqlite3.Connection) -> dict[int, dict[str, Delivery]]:
+        found: dict[int, dict[str, Delivery]] = {}
+        for dest in dests:
+            for seq, state, attempts, updated, reason, response in c.execute(
+                "SELECT seq, state, attempts, updated_ms, reason, response FROM outbox"
+                " WHERE dest = ? AND seq IN (SELECT value FROM json_each(?))",
+                (dest, chunk),
+            ):
+                found.setdefault(seq, {})[dest] = Delivery(state, attempts, updated, reason, response)
+        return found
+
+    return store.read(query)
+
+
+# --- audiences (tally kept by triggers, migration 8) --------------------------------------------------
+
+
+def audience_tally(store: Store) -> dict[str, tuple[int, int, int]]:
+    """audience → (members, entered, exited)."""
+    rows = store.read(
+        lambda c: c.execute("SELECT audience, members, entered, exited FROM audience_tally").fetchall()
+    )
+    return {audience: (members, entered, exited) for audience, members, entered, exited in rows}
