@@ -21,7 +21,15 @@ from tests.conftest import API_KEY, CONSOLE_TOKEN, SIGNING_KEY, Clock, make_conf
 from tests.helpers.console import csrf_of, login
 from tests.helpers.servers import serve_app
 
-PAGES = ("/", "/destinations", "/dead-letters", "/audiences", "/experiments", "/person?key=cust_000123")
+PAGES = (
+    "/",
+    "/destinations",
+    "/dead-letters",
+    "/audiences",
+    "/experiments",
+    "/identity",
+    "/person?key=cust_000123",
+)
 ACTIONS = (
     "/api/dead-letters/replay",
     "/api/destinations/amplitude/pause",

@@ -19,6 +19,7 @@ PAGES = {
     "dead-letters": ("/dead-letters", "Dead letters"),
     "audiences": ("/audiences", "Audiences"),
     "experiments": ("/experiments", "Experiments"),
+    "identity": ("/identity", "Identity"),
     "person-search": ("/person", "Person"),
 }
 
@@ -153,3 +154,19 @@ def test_the_person_page_shows_a_demo_profiles_deliveries(tab: Tab, demo_site: S
     assert tab.page.locator("table").last.locator(".pill.delivered").count() >= 2
     assert "cart_journey" in tab.page.inner_text("main")  # the holdout experiment's group
     tab.screenshot("person")
+    email = tab.page.locator("table").first.locator("tr", has_text="email").locator("td").last.inner_text()
+    assert "@" in email
+    tab.go(f"/person?key={email.upper()}")  # by email, case-insensitive, through the identity graph
+    assert tab.page.inner_text("main h2") == email.upper()
+    assert user in tab.page.inner_text("main table")
+    assert tab.page.locator("table").last.locator(".pill.delivered").count() >= 2
+
+
+def test_the_identity_page_reports_the_demo_graph(tab: Tab, demo_site: Site) -> None:
+    tab.login()
+    tab.go("/identity")
+    text = tab.page.inner_text("main")
+    assert "Match rate per destination" in text and "people" in text
+    rows = tab.page.locator("table", has_text="match rate").locator("tbody tr").all_inner_texts()
+    assert {row.split()[0] for row in rows} == {"amplitude", "customerio", "segment"}
+    tab.screenshot("identity")

@@ -64,6 +64,7 @@ NAV = (
     ("/dead-letters", "dead_letters", "Dead letters"),
     ("/audiences", "audiences", "Audiences"),
     ("/experiments", "experiments", "Experiments"),
+    ("/identity", "identity", "Identity"),
     ("/person", "person", "Person"),
 )
 

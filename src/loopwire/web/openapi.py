@@ -332,7 +332,8 @@ def _console_paths() -> dict[str, Schema]:
         "/dead-letters": _page("console: dead letters", ("destination", "reason", "event")),
         "/audiences": _page("console: audiences", ("name",)),
         "/experiments": _page("console: experiments", ("id",)),
-        "/person": _page("console: one person", ("key",)),
+        "/identity": _page("console: the identity report"),
+        "/person": _page("console: one person (user id or email)", ("key",)),
         "/api/status": _read("outbox counts and reasons, paused destinations"),
         "/api/dead-letters": _read("dead letters, newest first", ("destination", "reason", "limit")),
         "/api/dead-letters/replay": _action(

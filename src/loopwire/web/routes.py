@@ -21,7 +21,16 @@ from loopwire.web.auth import Auth, Session
 from loopwire.web.context import Console
 from loopwire.web.layout import html_response, notice, page
 from loopwire.web.lift_cache import LiftCache
-from loopwire.web.pages import audiences, dead_letters, destinations, experiments, login, overview, person
+from loopwire.web.pages import (
+    audiences,
+    dead_letters,
+    destinations,
+    experiments,
+    identity,
+    login,
+    overview,
+    person,
+)
 from loopwire.web.trend import Trend
 
 if TYPE_CHECKING:
@@ -141,6 +150,9 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
         content = experiments.render(experiments.gather(console, key, found))
         return (content, 3) if key is not None and found is None else content
 
+    async def identity_page(request: Request, session: Session) -> str:
+        return identity.render(await asyncio.to_thread(identity.gather, console))
+
     async def person_page(request: Request, session: Session) -> str:
         key = request.query_params.get("key", "").strip()[:200]
         return person.render(await asyncio.to_thread(person.gather, console, key))
@@ -229,6 +241,7 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
         Route("/dead-letters", view("Dead letters", "dead_letters", dead_letters_page)),
         Route("/audiences", view("Audiences", "audiences", audiences_page)),
         Route("/experiments", view("Experiments", "experiments", experiments_page)),
+        Route("/identity", view("Identity", "identity", identity_page)),
         Route("/person", view("Person", "person", person_page)),
         Route("/api/status", guard.api(auth, status)),
         Route("/api/dead-letters", guard.api(auth, dead_letter_list)),
