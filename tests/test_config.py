@@ -89,8 +89,12 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
         "SEGMENT_WRITE_KEY": "s",
         "CIO_SITE_ID": "site",
         "CIO_TRACK_API_KEY": "k",
+        "LOOPWIRE_CONSOLE_TOKEN": "console-token-0123456789",
+        "LOOPWIRE_METRICS_TOKEN": "metrics-token-0123456789",
     }
     config = parse_config(uncommented, env=env)
+    assert config.console.token is not None and config.console.token.reveal() == "console-token-0123456789"
+    assert config.console.metrics_token is not None
     assert set(config.destinations) >= {"amplitude", "segment", "customerio"}
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
     assert set(config.audiences) == {"cart_abandoners", "recent_purchasers", "high_intent", "clickers"}

@@ -196,7 +196,7 @@ def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) 
         "destinations": counts,
         "paused": sorted(
             {name for name, options in destinations.items() if options.paused}
-            | set(console_store.paused(store))
+            | (set(console_store.paused(store)) & set(destinations))
         ),
         "dead_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("dead")],
         "skip_reasons": [{"destination": d, "reason": r, "count": n} for d, r, n in store.reasons("skipped")],
@@ -285,6 +285,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
             routes.append(Route(f"/v1/{call}", segment.endpoint(call), methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.console = console
     return LoopwireApp(app, fast)
 
 

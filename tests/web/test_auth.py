@@ -240,3 +240,13 @@ def test_refuses_to_serve_on_a_wide_address_without_a_token(tmp_path: Path) -> N
         "loopwire serve will not listen on 0.0.0.0 without a console token: set LOOPWIRE_CONSOLE_TOKEN"
         " (at least 16 characters) so the console and /api/* are locked, or bind 127.0.0.1."
     )
+
+
+def test_serve_help_says_how_the_console_is_locked() -> None:
+    from typer.testing import CliRunner
+
+    from loopwire.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output.split())
+    assert "LOOPWIRE_CONSOLE_TOKEN" in text and "LOOPWIRE_METRICS_TOKEN" in text
+    assert "refuses to listen on a non-loopback address" in text

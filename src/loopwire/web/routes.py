@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from loopwire.destinations.amplitude.testing import ConnectionResult
 from loopwire.destinations.registry import test_connection
 from loopwire.store import console as queries
 from loopwire.web import auth as guard
@@ -217,7 +218,12 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
         name = request.path_params["name"]
         if name not in dests:
             return guard.error(404, "unknown_destination", f"no destination {name!r} in the config")
-        result = await test_connection(dests[name])
+        found = await test_connection(dests[name])
+        result = ConnectionResult(  # the vendor may echo a key back: never show it
+            found.ok,
+            destinations.scrub(found.summary, dests[name]),
+            destinations.scrub(found.detail, dests[name]),
+        )
         console.tests[name] = (console.now_ms(), result)
         body = {"destination": name, "ok": result.ok, "summary": result.summary, "detail": result.detail}
         return _done(request, "/destinations", "tested", body)

@@ -35,6 +35,22 @@ def _plain(value: Any) -> Any:
     raise NotImplementedError(type(value))
 
 
+def scrub(text: str, options: Any) -> str:
+    """`text` (a vendor's answer, say) with every secret of the destination's options replaced by ***."""
+    found: list[str] = []
+
+    def collect(value: Any) -> Any:
+        if isinstance(value, Secret):
+            found.append(value.reveal())
+            return "***"
+        return _plain(value)
+
+    msgspec.to_builtins(options, enc_hook=collect)
+    for secret in sorted(found, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def redacted_settings(options: Any) -> list[tuple[str, str]]:
     """Every setting as (key, value text): secrets are ***, a URL loses any user:password in it."""
     tree = msgspec.to_builtins(options, enc_hook=_plain)
