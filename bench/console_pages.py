@@ -122,7 +122,7 @@ def build(path: Path, events: int) -> None:
         conn.execute(
             "UPDATE outbox SET state = CASE WHEN seq % 100 = 7 THEN 'dead' WHEN seq % 100 = 8 THEN 'skipped'"
             " ELSE 'delivered' END, updated_ms = enqueued_ms + 800,"
-            " reason = CASE WHEN seq % 100 = 7 THEN 'http_400_' || (seq % 4) WHEN seq % 100 = 8 THEN 'no_user_id' END,"
+            " reason = CASE WHEN seq % 100 = 7 THEN 'http_400_' || (seq / 100 % 4) WHEN seq % 100 = 8 THEN 'no_user_id' END,"
             ' response = CASE WHEN seq % 100 = 7 THEN \'400 {"code":400,"error":"Invalid field values"}\' END'
             " WHERE seq BETWEEN ? AND ? AND seq <= ?",
             (first, last, events - 1_000),
