@@ -45,6 +45,7 @@ def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
 _DEAD_KEYS = (
     "destination",
     "event_id",
+    "kind",
     "channel",
     "metric",
     "name",
@@ -63,7 +64,7 @@ def dead_letters(
     # INDEXED BY: with a destination given, SQLite would rather walk that destination's primary-key
     # range (every row it ever had) and sort; the partial index holds the dead rows only, newest last.
     sql = (
-        "SELECT o.dest, e.id, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
+        "SELECT o.dest, e.id, e.kind, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
         " o.response FROM outbox o INDEXED BY outbox_dead JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
     )
     args: list[Any] = []

@@ -111,7 +111,7 @@ def render(data: dict[str, Any], csrf: str) -> str:
     )
     table_rows = []
     for r in rows:
-        label = f"{r['channel'] or ''} {r['metric'] or r['name'] or ''}".strip()
+        label = f"{r['channel'] or ''} {r['metric'] or r['name'] or r['kind']}".strip()
         link = f"/dead-letters?destination={fmt.text(r['destination'])}&amp;event={fmt.text(r['event_id'])}"
         who = (
             f'<a href="/person?key={fmt.text(r["user_id"])}">{fmt.text(r["user_id"])}</a>'
