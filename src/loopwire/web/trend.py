@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -90,12 +91,14 @@ class Trend:
         self.samples: deque[Sample] = deque(maxlen=max(2, int(KEEP_S / interval)))
         self.started_ms = int(clock() * 1000)
         self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
 
     def take(self) -> Sample:
         states = self._store.counts(self._destinations)
         retried, latency = read_counters(self._registry)
         sample = Sample(int(self._clock() * 1000), states, retried, latency)
-        self.samples.append(sample)
+        with self._lock:  # pages copy the samples from other threads
+            self.samples.append(sample)
         return sample
 
     def start(self) -> None:
@@ -124,7 +127,8 @@ class Trend:
             "backlog": {},
             "latency": {},
         }
-        samples = list(self.samples)
+        with self._lock:
+            samples = list(self.samples)
         for sample in samples:
             for dest, states in sample.states.items():
                 charts["backlog"].setdefault(dest, []).append(
