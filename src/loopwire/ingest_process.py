@@ -64,6 +64,7 @@ log = logging.getLogger("loopwire.ingest_process")
 GROUP_MAX = 32
 READY_TIMEOUT_S = 30.0  # a process that is not ready by then has failed to start
 RESTART_DELAY_S = 1.0  # between attempts to start a new process after one died
+RECV_BYTES = 1 << 20  # read from the server's socket at most this much at a time
 _LENGTH = struct.Struct("<I")
 # The process imports this module as the server did: an installed loopwire first, else the tree the
 # server's copy came from (appended, so it shadows nothing installed).
@@ -200,17 +201,21 @@ def serve(spec: Spec, sock: socket.socket) -> None:
     gc.set_threshold(20_000, 50, 100)  # as `loopwire serve` does (cli.py)
     sock.sendall(frame([]))
     buffer = bytearray()
+    # One receive buffer for the life of the process: `recv(n)` would allocate n bytes each time
+    # and shrink them to what arrived, and those big short-lived blocks among the long-lived ones of
+    # SQLite's cache fragment the C heap so that it only grows (issue 13, docs/performance.md).
+    chunk = memoryview(bytearray(RECV_BYTES))
     waiting: list[Request] = []
     try:
         while True:
             try:  # with webhooks waiting, only take what has already arrived
-                data = sock.recv(1 << 20, socket.MSG_DONTWAIT if waiting else 0)
+                size = sock.recv_into(chunk, RECV_BYTES, socket.MSG_DONTWAIT if waiting else 0)
             except BlockingIOError:
                 pass
             else:
-                if not data:
+                if not size:
                     return
-                buffer += data
+                buffer += chunk[:size]
                 waiting += [request for payload in unframe(buffer) for request in _requests.decode(payload)]
             if waiting:
                 group, waiting = waiting[:GROUP_MAX], waiting[GROUP_MAX:]
