@@ -85,31 +85,6 @@ def event_body(store: Store, event_id: str) -> bytes | None:
     return bytes(row[0]) if row is not None else None
 
 
-def replay(
-    store: Store,
-    now_ms: int,
-    dest: str | None = None,
-    reason: str | None = None,
-    event_ids: Sequence[str] = (),
-) -> int:
-    """Dead letters (of `dest`, with `reason`, among `event_ids`) back to pending with fresh attempts."""
-    sql = (
-        "UPDATE outbox SET state = 'pending', attempts = 0, enqueued_ms = ?, next_ms = ?, updated_ms = ?"
-        " WHERE state = 'dead'"
-    )
-    args: list[Any] = [now_ms, now_ms, now_ms]
-    if dest is not None:
-        sql += " AND dest = ?"
-        args.append(dest)
-    if reason is not None:
-        sql += " AND COALESCE(reason, '') = ?"
-        args.append(reason)
-    if event_ids:
-        sql += f" AND seq IN (SELECT seq FROM events WHERE id IN ({','.join('?' * len(event_ids))}))"
-        args.extend(event_ids)
-    return int(store.run(lambda c: c.execute(sql, args).rowcount))
-
-
 def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
     """Pending rows that failed at least once, with the destination's last answer (the backlog only)."""
     rows = store.read(

@@ -418,9 +418,14 @@ class Store:
         return self.run(job)
 
     def replay_dead(
-        self, now_ms: int, dest: str | None = None, event_ids: Sequence[str] | None = None
+        self,
+        now_ms: int,
+        dest: str | None = None,
+        event_ids: Sequence[str] | None = None,
+        reason: str | None = None,
     ) -> int:
-        """Move dead letters back to pending with fresh attempts and age; returns how many."""
+        """Move dead letters (of `dest`, among `event_ids`, with `reason`) back to pending with fresh
+        attempts and age; returns how many."""
 
         def job(conn: sqlite3.Connection) -> int:
             sql = (
@@ -431,6 +436,9 @@ class Store:
             if dest is not None:
                 sql += " AND dest = ?"
                 args.append(dest)
+            if reason is not None:
+                sql += " AND COALESCE(reason, '') = ?"
+                args.append(reason)
             if event_ids:
                 sql += f" AND seq IN (SELECT seq FROM events WHERE id IN ({','.join('?' * len(event_ids))}))"
                 args.extend(event_ids)

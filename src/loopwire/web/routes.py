@@ -182,7 +182,7 @@ def console_routes(runtime: Runtime, metrics: Endpoint) -> tuple[list[Route], Co
             )
         now = console.now_ms()
         count = await asyncio.to_thread(
-            queries.replay, runtime.store, now, dest, reason, [event_id] if event_id else []
+            runtime.store.replay_dead, now, dest, [event_id] if event_id else None, reason
         )
         for name in [dest] if dest else list(dests):
             runtime._wake(name)
