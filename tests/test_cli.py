@@ -56,6 +56,12 @@ def write_config(
         ["dlq", "list"],
         ["dlq", "replay"],
         ["demo"],
+        ["identity", "report"],
+        ["identity", "person"],
+        ["backfill"],
+        ["audiences", "list"],
+        ["audiences", "history"],
+        ["lift"],
     ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:

@@ -186,7 +186,7 @@ def test_primary_email_changes_who_lacks_it(store: Store, tmp_path: Path) -> Non
 
 
 def _graph_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(graph.graph_path(str(path))) as conn:
         return {
             table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
             for table in ("id_nodes", "id_pairs", "id_tally", "id_events")
@@ -236,10 +236,10 @@ def test_a_batch_that_fails_to_commit_writes_nothing_and_is_folded_again(
         if calls["n"] == 2:  # the second batch: its job fails inside the transaction
 
             def job(conn: sqlite3.Connection) -> None:
-                conn.execute("UPDATE cursors SET seq = 999 WHERE name = 'identity'")
+                conn.execute("UPDATE id_cursor SET seq = 999")
                 raise OSError("disk full")
 
-            store_.run(job)
+            graph.of(store_).run(job)
         real_apply(store_, fold)
 
     graph.apply = failing  # type: ignore[assignment]
@@ -372,3 +372,102 @@ def test_a_changed_external_attribute_rebuilds_the_graph(store: Store) -> None:
     assert rebuilt.catch_up() == 1
     assert graph.component(store, [("external_id", "C1")]) == [("external_id", "C1"), ("user_id", "u-1")]
     assert graph.component(store, [("external_id", "S1")]) == []
+
+
+def test_identity_report_and_person_on_the_command_line(tmp_path: Path) -> None:
+    """`loopwire identity report|person` fold what the graph has not seen, then answer as the API does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from loopwire.cli import app
+
+    path = tmp_path / "log.db"
+    cfg_file = tmp_path / "loopwire.yaml"
+    cfg = config(path)
+    document = yaml.safe_load(yaml.safe_dump({"store": {"path": str(path)}}))
+    document["destinations"] = {
+        "amplitude": {"type": "amplitude", "api_key": "k", "region": "us"},
+        "segment": {"type": "segment", "write_key": "w", "region": "us"},
+        "ads": {"type": "segment", "write_key": "w", "region": "us", "route": {"hash_identifiers": True}},
+        "customerio": {
+            "type": "customerio",
+            "site_id": "s",
+            "api_key": "k",
+            "region": "us",
+            "identifier": "user_id",
+        },
+    }
+    cfg_file.write_text(yaml.safe_dump(document))
+    store = Store(path)
+    store.append_sync(HISTORY, ROUTES)
+    store.close()
+    runner = CliRunner()
+
+    stale = runner.invoke(app, ["identity", "report", "-c", str(cfg_file), "--json", "--no-update"])
+    assert stale.exit_code == 0, stale.output
+    assert json.loads(stale.stdout)["lag_events"] == len(HISTORY)  # nothing folded: it read as it was
+
+    result = runner.invoke(app, ["identity", "report", "-c", str(cfg_file), "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["lag_events"] == 0 and found["people"] == 8
+    assert (found["email_on_many_users"], found["user_with_many_emails"]) == (1, 1)
+    assert (found["without_primary"], found["untied_anonymous"]) == (2, 2)
+    assert found["match_rates"] == {"amplitude": 5 / 8, "segment": 7 / 8, "ads": 4 / 8, "customerio": 4 / 8}
+    store = Store(path, recover=False)
+    try:
+        assert msgspec_roundtrip(identity.report(store, cfg)) == found  # the CLI's JSON is the report
+    finally:
+        store.close()
+
+    table = runner.invoke(app, ["identity", "report", "-c", str(cfg_file)])
+    assert table.exit_code == 0, table.output
+    assert "emails on several user ids" in table.stdout and "email:a@x.test" in table.stdout
+    assert "62.5%" in table.stdout  # amplitude: 5 of 8
+
+    person = runner.invoke(app, ["identity", "person", "A@x.TEST", "-c", str(cfg_file), "--json"])
+    assert person.exit_code == 0, person.output
+    assert json.loads(person.stdout)["identifiers"] == {
+        "cio_id": ["c-1"],
+        "email": ["a@x.test"],
+        "user_id": ["u-1", "u-2"],
+    }
+    text = runner.invoke(app, ["identity", "person", "u-2", "-c", str(cfg_file)])
+    assert text.exit_code == 0 and "a@x.test" in text.stdout and "email.sent" in text.stdout
+    missing = runner.invoke(app, ["identity", "person", "nobody", "-c", str(cfg_file)])
+    assert missing.exit_code == 1 and "no person known by 'nobody'" in missing.stderr
+
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({**document, "identity": {"graph": False}}))
+    refused = runner.invoke(app, ["identity", "report", "-c", str(off)])
+    assert refused.exit_code == 1 and "identity.graph: false" in refused.stderr
+
+
+def msgspec_roundtrip(value: Any) -> Any:
+    import msgspec
+
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+def test_the_graph_is_a_file_of_its_own_and_folding_writes_nothing_to_the_log(tmp_path: Path) -> None:
+    """Its writes must not take the log's write lock nor add to its fsyncs (ingest commits there)."""
+    path = tmp_path / "log.db"
+    store = Store(path)
+    store.append_sync(HISTORY, ROUTES)
+    commits = store.commits
+    log_size = path.stat().st_size, (tmp_path / "log.db-wal").stat().st_size
+    assert Follower(store, batch=4).catch_up() == len(HISTORY)
+    assert store.commits == commits  # not one transaction on the log
+    assert (path.stat().st_size, (tmp_path / "log.db-wal").stat().st_size) == log_size
+    store.close()
+    side = Path(graph.graph_path(str(path)))
+    assert side.exists() and side.stat().st_mode & 0o077 == 0  # owner-only: it holds emails
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not {t for t in tables if t.startswith("id_")}  # migration 10 took them out of the log
+    reopened = Store(path)
+    try:
+        assert graph.cursor(reopened) == len(HISTORY)  # the cursor is kept with the graph
+    finally:
+        reopened.close()

@@ -231,14 +231,15 @@ def children(pid: int) -> list[int]:
 
 
 def test_sigkill_of_the_server_ends_its_ingest_process(tmp_path: Path) -> None:
+    """And the identity follower's process: each sees its link to the server close and exits."""
     config = serve_config(tmp_path, paused=True)
     server = start_server(config, free_port())
     try:
-        (child,) = children(server.pid)
+        kids = wait_until(lambda: k if len(k := children(server.pid)) == 2 else None, what="both children")
         server.send_signal(signal.SIGKILL)
         server.wait()
 
-        def gone() -> bool:
+        def gone(child: int) -> bool:
             try:
                 os.kill(child, 0)
             except ProcessLookupError:
@@ -246,7 +247,9 @@ def test_sigkill_of_the_server_ends_its_ingest_process(tmp_path: Path) -> None:
             # Not our child: once it exits it is a zombie of init's until reaped; count that as gone.
             return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
-        wait_until(gone, what="the ingest process to exit")
+        wait_until(
+            lambda: all(gone(child) for child in kids), what="the ingest and identity processes to exit"
+        )
     finally:
         if server.poll() is None:
             server.kill()

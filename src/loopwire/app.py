@@ -17,20 +17,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from loopwire import identity
 from loopwire.audiences.engine import Engine, check_and_record_versions
 from loopwire.config import Config, DestinationOptions
 from loopwire.destinations.base import Destination
 from loopwire.destinations.registry import build_destination
 from loopwire.errors import ConfigError
+from loopwire.identity import external_attribute
 from loopwire.ingest_process import IngestProcess, Spec
-from loopwire.metrics import Metrics
+from loopwire.metrics import IdentitySnapshot, Metrics, Snapshot
 from loopwire.pipeline.delivery import Courier
+from loopwire.pipeline.identity_graph import FollowerProcess
 from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import SentMemory, Store
 from loopwire.store import console as console_store
+from loopwire.store import identity as identity_graph
 from loopwire.web.auth import refusal
 from loopwire.web.context import Console
 from loopwire.web.openapi import openapi_document
@@ -66,6 +70,12 @@ class Runtime:
         # paused now: by the config, or from the console (kept in the store; read at start)
         self.paused: set[str] = {name for name, options in config.destinations.items() if options.paused}
         self.engine: Engine | None = None
+        # the identity graph follows the log in the background (identity.graph: false → not kept)
+        self.identity: FollowerProcess | None = None
+        if config.identity.graph:
+            self.identity = FollowerProcess(
+                config.store.path, external_attribute(config), self.metrics.identity_restarts.inc
+            )
         self._ready: tuple[float, int, dict[str, Any]] | None = None
         self._ready_lock = asyncio.Lock()
         self.ingest = Ingest(
@@ -98,6 +108,8 @@ class Runtime:
                 self.store, self.config.experiments, self.ingest, self.config.audiences, clock=self.clock
             )
             self.engine.start()
+        if self.identity is not None:
+            await self.identity.start()
         self.paused |= set(await asyncio.to_thread(console_store.paused, self.store)) & set(self.destinations)
         for name in self.destinations:
             if name in self.paused:
@@ -132,6 +144,8 @@ class Runtime:
             await self.ingest_process.stop()
         if self.engine is not None:
             await self.engine.stop()
+        if self.identity is not None:
+            await self.identity.stop()
         for courier in self.couriers.values():
             await courier.stop()
         for dest in self.destinations.values():
@@ -143,6 +157,10 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         return status_report(self.store, self.config.destinations)
+
+    def snapshot(self) -> Snapshot:
+        """What `/metrics` reports from the store (sync: run it in a thread)."""
+        return monitoring_snapshot(self.store, self.config, int(self.clock() * 1000))
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """`GET /readyz`: 200 when loopwire can take data now, else 503 with the failing checks.
@@ -203,6 +221,29 @@ def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) 
     }
 
 
+def monitoring_snapshot(store: Store, config: Config, now_ms: int) -> Snapshot:
+    """Outbox depth and the age of each destination's oldest waiting event, audience sizes and
+    changes, and the identity graph's problems and match rates: each from a tally or an index."""
+    oldest = store.oldest_undelivered_ms()
+    ident: IdentitySnapshot | None = None
+    if config.identity.graph:
+        tally = identity_graph.tally(store)
+        matched, match_rates = identity.rates(tally, config)
+        ident = IdentitySnapshot(
+            people=tally.people,
+            problems=identity.problems(tally, identity.primary_kind(config)),
+            matched=matched,
+            match_rates=match_rates,
+            lag_events=max(0, store.event_count() - tally.cursor),
+        )
+    return Snapshot(
+        outbox=store.counts(config.destinations),
+        oldest_pending_age_s={dest: max(0.0, (now_ms - ms) / 1000) for dest, ms in oldest.items()},
+        audiences=identity_graph.audience_tally(store),
+        identity=ident,
+    )
+
+
 def create_app(config: Config, clock: Callable[[], float] = time.time) -> LoopwireApp:
     why = refusal(config.server.host) if config.console.token is None else None
     if why is not None:  # the console and /api/* would be open to the network, or locked for good
@@ -233,10 +274,7 @@ def create_app(config: Config, clock: Callable[[], float] = time.time) -> Loopwi
     # Reads run in a thread: SQLite lets go of the interpreter while it reads, so a scrape or a
     # console view never holds up the requests being ingested (issue 13).
     async def metrics(request: Request) -> Response:
-        counts = await asyncio.to_thread(runtime.store.counts, config.destinations)
-        for dest, states in counts.items():
-            for state, count in states.items():
-                runtime.metrics.backlog.labels(dest, state).set(count)
+        runtime.metrics.store.snapshot = await asyncio.to_thread(runtime.snapshot)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:

@@ -31,6 +31,10 @@ audiences_app = typer.Typer(
     help="Audience sizes and the changelog of their definitions.", no_args_is_help=True
 )
 app.add_typer(audiences_app, name="audiences")
+identity_app = typer.Typer(
+    help="Who is split across ids, and what loopwire knows and sent about one person.", no_args_is_help=True
+)
+app.add_typer(identity_app, name="identity")
 
 out = Console()
 err = Console(stderr=True)
@@ -531,6 +535,139 @@ def audiences_history(name: str, config: ConfigOption = Path("loopwire.yaml")) -
         err.print(f"no recorded versions of {name!r} (they are recorded when `loopwire serve` starts)")
         raise typer.Exit(1)
     out.print(render_history(records))
+
+
+UpdateOption = Annotated[
+    bool,
+    typer.Option(
+        "--update/--no-update",
+        help="Fold the events logged since the graph was last updated first (`loopwire serve` keeps it"
+        " current on its own; --no-update reads it as it is).",
+    ),
+]
+
+
+def _identity_store(cfg: Config, update: bool) -> Any:
+    """The store, with the identity graph brought up to the end of the log (unless told not to):
+    safe beside a running `loopwire serve`, whose follower and this one never fold an event twice."""
+    from loopwire.identity import external_attribute
+    from loopwire.pipeline.identity_graph import Follower
+    from loopwire.store import Store
+
+    if not cfg.identity.graph:
+        err.print(
+            "the identity graph is off (`identity.graph: false` in the config): set it to true (docs/identity.md)"
+        )
+        raise typer.Exit(1)
+    store = Store(cfg.store.path, recover=False)
+    if update:
+        follower = Follower(store, external_attribute(cfg))
+        try:
+            while follower.fold_once():
+                pass
+        except BaseException:
+            store.close()
+            raise
+        if follower.folded:
+            err.print(f"{follower.folded:,} events folded into the identity graph")
+    return store
+
+
+@identity_app.command("report")
+def identity_report(
+    config: ConfigOption = Path("loopwire.yaml"),
+    as_json: JsonOption = False,
+    update: UpdateOption = True,
+    examples: Annotated[int, typer.Option(help="At most this many examples of each problem.")] = 5,
+) -> None:
+    """What breaks attribution: one email on several user ids, one user id with several emails,
+    people without the primary identifier (`identity.primary`), device and anonymous ids never tied
+    to a user; and each destination's match rate (the share of people it can reach).
+
+    Example: `loopwire identity report --json`
+    """
+    from loopwire.identity import PROBLEMS
+    from loopwire.identity import report as build_report
+
+    cfg = _load(config)
+    store = _identity_store(cfg, update)
+    try:
+        found = build_report(store, cfg, examples=examples)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(found)
+        return
+    titles = {
+        "email_on_many_users": "emails on several user ids",
+        "user_with_many_emails": "user ids with several emails",
+        "without_primary": f"people without {found.primary}",
+        "untied_anonymous": "device/anonymous ids never tied to a user",
+    }
+    table = Table(title=f"identity: {found.people:,} people (primary identifier: {found.primary})")
+    table.add_column("problem")
+    table.add_column("count", justify="right")
+    table.add_column("examples")
+    for name in PROBLEMS:
+        groups = found.examples.get(name, [])
+        shown = "; ".join(", ".join(group) for group in groups[:3])
+        table.add_row(titles[name], f"{getattr(found, name):,}", shown)
+    out.print(table)
+    rates = Table(title="match rate per destination")
+    for column in ("destination", "people reached", "match rate"):
+        rates.add_column(column, justify="left" if column == "destination" else "right")
+    for name in sorted(found.match_rates):
+        rates.add_row(name, f"{found.matched[name]:,}", f"{found.match_rates[name]:.1%}")
+    out.print(rates)
+    if found.lag_events:
+        out.print(f"{found.lag_events:,} logged events are not in the graph yet.")
+
+
+@identity_app.command("person")
+def identity_person(
+    key: Annotated[
+        str, typer.Argument(help="A user id, an email, a cio_id (cio_…), a device or anonymous id.")
+    ],
+    config: ConfigOption = Path("loopwire.yaml"),
+    as_json: JsonOption = False,
+    update: UpdateOption = True,
+    limit: Annotated[int, typer.Option(help="At most this many events, newest first.")] = 50,
+) -> None:
+    """Everything loopwire knows and sent about one person: their identifiers and each event with
+    its delivery state per destination (validate a setup with a known test profile).
+
+    Example: `loopwire identity person jane@example.com`
+    """
+    from loopwire.identity import person as find_person
+
+    cfg = _load(config)
+    store = _identity_store(cfg, update)
+    try:
+        found = find_person(store, cfg, key, limit=limit)
+    finally:
+        store.close()
+    if found is None:
+        err.print(f"no person known by {key!r}: no event carried it")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(found)
+        return
+    for kind, values in found.identifiers.items():
+        out.print(f"{kind:13} {', '.join(values)}", highlight=False)
+    table = Table(title=f"{len(found.events)} events, newest first")
+    dests = list(cfg.destinations)
+    for column in ("time", "source", "event", *dests):
+        table.add_column(column)
+    for event in found.events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.time_ms / 1000))
+        cells = []
+        for dest in dests:
+            state = event.deliveries.get(dest)
+            cells.append(
+                "—" if state is None else state.state + (f": {state.reason}" if state.reason else "")
+            )
+        table.add_row(when, event.source, event.key, *cells)
+    out.print(table)
 
 
 @app.command()

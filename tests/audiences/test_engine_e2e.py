@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loopwire.model import decode_event
 from tests.conftest import wait_until
@@ -24,6 +25,21 @@ EXPERIMENTS = {
 def own_events(runtime: Any) -> list[Any]:
     events = [decode_event(body) for _, body in runtime.store.scan_events(0, 0, 10_000)]
     return [e for e in events if e.source == "loopwire"]
+
+
+def audience_metrics(url: str, audience: str) -> tuple[float, float, float]:
+    """(members, entered, exited) as `/metrics` reports them, read with prometheus-client's parser."""
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("audience") == audience:
+                found[(sample.name, sample.labels.get("change", ""))] = sample.value
+    changes = "loopwire_audience_membership_changes_total"
+    return (
+        found.get(("loopwire_audience_members", ""), 0.0),
+        found.get((changes, "entered"), 0.0),
+        found.get((changes, "exited"), 0.0),
+    )
 
 
 def test_cart_abandoner_enters_then_leaves_when_the_window_closes(clock: Any, tmp_path: Any) -> None:
@@ -62,6 +78,8 @@ def test_cart_abandoner_enters_then_leaves_when_the_window_closes(clock: Any, tm
         )
         assert entered[0].data["properties"]["cart_value"] == 129.0
         assert entered[0].data["properties"]["audience_version"] == 1
+        assert audience_metrics(url, "cart_abandoners") == (1, 1, 0)  # members, entered, exited
+        assert audience_metrics(url, "recent_purchasers") == (0, 0, 0)
         traits = wait_until(
             lambda: [
                 e
@@ -85,3 +103,4 @@ def test_cart_abandoner_enters_then_leaves_when_the_window_closes(clock: Any, tm
             what="the time-based exit",
         )
         assert exited[0].data["properties"]["audience"] == "cart_abandoners"
+        assert audience_metrics(url, "cart_abandoners") == (0, 1, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -139,3 +140,25 @@ def test_a_vendor_echoing_the_key_never_shows_it(tmp_path: Path) -> None:
             assert API_KEY not in answer.text
             page = operator.get("/destinations").text
             assert "Failed" in page and API_KEY not in page
+
+
+def test_metrics_report_the_demo_identity(demo_site: Any) -> None:
+    """The identity figures in `/metrics` (prometheus-client's parser) against the identity report."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from loopwire import identity
+
+    runtime = demo_site.runtime
+    text = httpx.get(f"{demo_site.url}/metrics", timeout=10).text
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    report = identity.report(runtime.store, runtime.config)
+    assert report.lag_events == 0 and found[("loopwire_identity_lag_events", ())] == 0
+    assert found[("loopwire_identity_people", ())] == report.people > 0
+    for problem in identity.PROBLEMS:
+        assert found[("loopwire_identity_problems", (("problem", problem),))] == getattr(report, problem)
+    for dest, rate in report.match_rates.items():
+        assert found[("loopwire_identity_match_rate", (("destination", dest),))] == rate
+        assert found[("loopwire_identity_matched_people", (("destination", dest),))] == report.matched[dest]

@@ -19,6 +19,8 @@ class Skip(msgspec.Struct, frozen=True):
     """The vendor contract (or the user's options) forbid sending this event. Counted, never raised."""
 
     reason: str
+    # bounded, for metrics (loopwire.metrics.REASON_CODES); `reason` says it for people
+    code: str = "not_selected"
 
 
 class Invalid(msgspec.Struct, frozen=True):

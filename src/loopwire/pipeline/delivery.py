@@ -141,15 +141,21 @@ class Courier:
                 event = decode_event(row.body)
                 payload = self.dest.map(event, self.now_ms())
                 if isinstance(payload, Skip):
-                    settlements.append(Settlement(row.seq, "skipped", reason=payload.reason))
+                    settlements.append(
+                        Settlement(row.seq, "skipped", reason=payload.reason, code=payload.code)
+                    )
                     continue
                 if isinstance(payload, Invalid):
-                    settlements.append(Settlement(row.seq, "dead", reason=self.dest.redact(payload.reason)))
+                    settlements.append(
+                        Settlement(row.seq, "dead", reason=self.dest.redact(payload.reason), code="invalid")
+                    )
                     continue
                 items.append(_Item(row, payload, self.dest.encode(payload), event.received_ms))
             except Exception as exc:  # a mapping bug must not lose the event: park it with the reason
                 log.exception("mapping event seq=%s for %s failed", row.seq, self.name)
-                settlements.append(Settlement(row.seq, "dead", reason=f"mapping failed: {exc!r}"))
+                settlements.append(
+                    Settlement(row.seq, "dead", reason=f"mapping failed: {exc!r}", code="mapping_failed")
+                )
         for chunk in self._chunks(items):
             settlements.extend(await self._deliver(chunk))
         await self._settle(settlements)
@@ -191,6 +197,7 @@ class Courier:
             self._metrics.responses.labels(self.name, str(response.status if response else 0)).inc()
         by_index = _assign(outcomes, len(items))
         kept = describe(response, self.dest.redact)
+        code = f"http_{response.status}" if response is not None else "no_response"
         settlements: list[Settlement] = []
         split: list[_Item] = []
         now = self.now_ms()
@@ -201,23 +208,27 @@ class Courier:
                 settlements.append(Settlement(row.seq, "delivered"))
             elif isinstance(outcome, Rejected):
                 settlements.append(
-                    Settlement(row.seq, "dead", reason=self.dest.redact(outcome.reason), response=kept)
+                    Settlement(
+                        row.seq, "dead", reason=self.dest.redact(outcome.reason), response=kept, code=code
+                    )
                 )
             elif isinstance(outcome, Split):
                 if len(items) == 1:
                     reason = f"too large to send even alone: {outcome.reason}"
-                    settlements.append(Settlement(row.seq, "dead", reason=reason, response=kept))
+                    settlements.append(
+                        Settlement(row.seq, "dead", reason=reason, response=kept, code="too_large")
+                    )
                 else:
                     split.append(item)
             else:
-                settlements.append(self._retry(row, outcome, kept, now))
+                settlements.append(self._retry(row, outcome, kept, now, code))
         if split:
             half = (len(split) + 1) // 2
             settlements.extend(await self._deliver(split[:half]))
             settlements.extend(await self._deliver(split[half:]))
         return settlements
 
-    def _retry(self, row: Claimed, outcome: Retry, kept: str | None, now: int) -> Settlement:
+    def _retry(self, row: Claimed, outcome: Retry, kept: str | None, now: int, code: str) -> Settlement:
         policy = self.dest.retry
         if outcome.after is not None:
             delay = outcome.after
@@ -229,17 +240,25 @@ class Courier:
                 f"gave up after {row.attempts} attempts over {(now - row.enqueued_ms) / 1000:.0f}s"
                 f" (retry.max_age is {policy.max_age:.0f}s); last error: {outcome.reason}"
             )
-            return Settlement(row.seq, "dead", reason=self.dest.redact(reason), response=kept)
+            return Settlement(row.seq, "dead", reason=self.dest.redact(reason), response=kept, code="max_age")
         return Settlement(
-            row.seq, "pending", next_ms=next_ms, reason=self.dest.redact(outcome.reason), response=kept
+            row.seq,
+            "pending",
+            next_ms=next_ms,
+            reason=self.dest.redact(outcome.reason),
+            response=kept,
+            code=code,
         )
 
     def _count(self, settlements: list[Settlement], received: dict[int, int]) -> None:
         counter = self._metrics.delivery
+        reasons = self._metrics.reasons
         now = self._clock()
         for s in settlements:
             outcome = "retried" if s.state == "pending" else s.state
             counter.labels(self.name, outcome).inc()
+            if s.state != "delivered":
+                reasons.labels(self.name, outcome, s.code or "unknown").inc()
             if s.state == "delivered" and s.seq in received:
                 self._metrics.latency.labels(self.name).observe(max(0.0, now - received[s.seq] / 1000))
 

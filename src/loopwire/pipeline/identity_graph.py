@@ -5,6 +5,11 @@ Crash safety: a batch's links, tallies and the cursor are one transaction, writt
 cursor is still where the batch was read from (compare and set), so a restart resumes after the last
 batch written, and two followers (a server and a CLI, say) never fold an event twice.
 
+In `loopwire serve` the follower is a process of its own (`FollowerProcess`), started beside the
+server at a low CPU priority (nice 19): in the server's process its CPU (about 25 µs an event) held
+the interpreter lock the event loop needed and cost webhook ingest a third of its rate
+(bench/identity_cost.py). It writes only the graph's file (store/identity.py), never the log.
+
 Cost: most events carry an identifier set already folded (a person's sends, deliveries, opens…);
 those sets are remembered (bounded) and cost only their decoding. The rest cost one lookup per
 batch and a few rows written per new identifier or link. People merge by size (the smaller joins
@@ -13,10 +18,16 @@ the larger), so relabelling costs at most the smaller side.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from loopwire.identity import BIT, Ident, identifiers_of
 from loopwire.store import Store
@@ -27,6 +38,9 @@ log = logging.getLogger("loopwire.identity")
 BATCH = 2_000  # log rows per transaction
 POLL_S = 0.5  # idle: look for new rows this often
 SETTLED_MAX = 200_000  # identifier sets remembered as already folded
+NICE = 19  # the follower process's CPU priority: ingest first, the graph with what is left
+RESTART_DELAY_S = 1.0
+STOP_TIMEOUT_S = 10.0
 
 
 class Follower:
@@ -175,27 +189,111 @@ class Follower:
             self._settled.clear()
         self._settled.update(sets)
 
-    # -- in `loopwire serve` ------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="identity-follower")
+    def follow(self, stop: threading.Event) -> None:
+        """Fold until `stop` is set: a batch at a time while behind, then every `poll` seconds."""
+        while not stop.is_set():
+            try:
+                read = self.fold_once()
+            except Exception:
+                log.exception("the identity follower failed; retrying in %gs", RESTART_DELAY_S)
+                stop.wait(RESTART_DELAY_S)
+                continue
+            if read < self._batch:
+                stop.wait(self._poll)
+
+
+class FollowerProcess:
+    """`loopwire serve`'s handle on the follower's process: started with the server, started again
+    if it dies, stopped with it. The process exits when its stdin closes, so it also ends when the
+    server is killed (the pipe closes with it)."""
+
+    def __init__(self, store_path: str, external: str | None, on_restart: Callable[[], None] = lambda: None):
+        self._argv = [sys.executable, "-m", "loopwire.pipeline.identity_graph", "--store", store_path]
+        if external:
+            self._argv += ["--external", external]
+        self._on_restart = on_restart
+        self._process: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(self._argv, stdin=subprocess.PIPE)
+        with contextlib.suppress(OSError):  # before it folds anything
+            os.setpriority(os.PRIO_PROCESS, process.pid, NICE)
+        self.starts += 1
+        return process
+
+    async def start(self) -> None:
+        self._process = self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="identity-follower")
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self._process is not None
+            code = await asyncio.to_thread(self._process.wait)
+            if self.stopping:  # (a property: `stop` sets it while this waits)
+                return
+            log.error("the identity follower's process stopped (exit %s); starting another", code)
+            self._on_restart()
+            await asyncio.sleep(RESTART_DELAY_S)
+            if not self.stopping:
+                self._process = self._spawn()
 
     async def stop(self) -> None:
         self._stopping = True
+        process = self._process
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()  # the follower finishes its batch and exits
+            await asyncio.to_thread(_reap, process)
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                read = await asyncio.to_thread(self.fold_once)
-            except Exception:
-                log.exception("the identity follower failed; retrying in 1 s")
-                await asyncio.sleep(1.0)
-                continue
-            if read < self._batch:
-                await asyncio.sleep(self._poll)
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _of(members: frozenset[Ident], kind: str) -> list[str]:
     return [value for k, value in members if k == kind]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The follower's process: `python -m loopwire.pipeline.identity_graph --store PATH`."""
+    parser = argparse.ArgumentParser(description="Fold the log into the identity graph until stdin closes.")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--external", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.buffer.read()  # returns at EOF: the server closed the pipe, or died
+        stop.set()
+
+    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    store = Store(args.store, recover=False)
+    try:
+        Follower(store, args.external).follow(stop)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

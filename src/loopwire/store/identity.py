@@ -1,19 +1,134 @@
-"""Store queries of the identity graph (tables of migration 8): the follower's lookups and its one
-write per batch, the tallies the report and /metrics read, and one person's events and deliveries."""
+"""The identity graph's file and its queries: the follower's lookups and its one write per batch, the
+tallies the report and /metrics read, and one person's events and deliveries.
+
+The graph lives in a SQLite file of its own beside the log (`<store>.identity`, `graph_path`), not
+in the log: it is derived from the log, and its writes must not take the log's write lock or add to
+its fsyncs while webhooks are being committed (they cost ingest a third of its rate when they did,
+bench/identity_cost.py). Its cursor (the last log seq folded) is in the same file, written in the same
+transaction as what it folded, so the two never disagree; `synchronous=NORMAL` there (atomic, not
+durable at once): a power cut may lose the last batches, and the follower folds them again.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from loopwire.store.sqlite import Store
+from loopwire.store.sqlite import Store, connect
 
-CURSOR = "identity"
+T = TypeVar("T")
 _JSON = msgspec.json.Encoder().encode
 _CHUNK = 500  # identifiers per lookup statement
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE id_nodes (
+    kind     TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    person   INTEGER NOT NULL,
+    partners INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE INDEX id_nodes_person ON id_nodes (person);
+CREATE INDEX id_nodes_split ON id_nodes (kind, value) WHERE partners >= 2;
+CREATE TABLE id_pairs (
+    email   TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (email, user_id)
+) WITHOUT ROWID;
+CREATE INDEX id_pairs_user ON id_pairs (user_id);
+CREATE TABLE id_people (
+    person INTEGER PRIMARY KEY,
+    mask   INTEGER NOT NULL,
+    size   INTEGER NOT NULL
+);
+CREATE INDEX id_people_mask ON id_people (mask);
+CREATE TABLE id_tally (
+    name TEXT PRIMARY KEY,
+    n    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE id_events (
+    kind  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, seq)
+) WITHOUT ROWID;
+CREATE TABLE id_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE id_cursor (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+"""
+# What the tables hold. `id_nodes`: every identifier, the person (connected component) it belongs
+# to, and how many of the other kind it was seen with (emails of a user id, user ids of an email).
+# `id_people`: per person, the kinds it carries (a bit mask) and its size. `id_tally`: people per
+# mask and the split identifiers, so the report and /metrics read a few rows. `id_events`: events
+# without a user id, by an identifier they carry (events with one are found through the log's
+# `events_user`). `id_cursor`: the last log seq folded.
+
+
+def graph_path(store_path: str) -> str:
+    return f"{store_path}.identity"
+
+
+class Graph:
+    """The graph's file: one connection, used under a lock (the follower writes a batch at a time;
+    the console and /metrics read a few rows)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        conn = connect(path)  # owner-only (it holds emails), WAL, 30 s busy timeout
+        conn.execute("PRAGMA synchronous=NORMAL")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+            )
+        elif version != SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(f"{path} has identity schema {version}, this loopwire knows {SCHEMA_VERSION}")
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return query(self._conn)
+
+    def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """One write transaction (another process's follower waits for it, then sees it)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = job(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_opening = threading.Lock()
+
+
+def of(store: Store) -> Graph:
+    """The graph beside `store` (opened, and created, the first time it is asked for; closed with it)."""
+    graph = store.companions.get("identity")
+    if graph is None:
+        with _opening:
+            graph = store.companions.get("identity")
+            if graph is None:
+                graph = store.companions["identity"] = Graph(graph_path(store.path))
+    assert isinstance(graph, Graph)
+    return graph
 
 
 class Conflict(Exception):
@@ -48,16 +163,16 @@ class Fold(NamedTuple):
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM cursors WHERE name = ?", (CURSOR,)).fetchone()
+    row = conn.execute("SELECT seq FROM id_cursor WHERE id = 1").fetchone()
     return int(row[0]) if row else 0
 
 
 def cursor(store: Store) -> int:
-    return store.read(_cursor)
+    return of(store).read(_cursor)
 
 
 def meta(store: Store) -> dict[str, str]:
-    return dict(store.read(lambda c: c.execute("SELECT key, value FROM id_meta").fetchall()))
+    return dict(of(store).read(lambda c: c.execute("SELECT key, value FROM id_meta").fetchall()))
 
 
 def read_batch(store: Store, after: int, limit: int) -> list[tuple[int, bytes]]:
@@ -84,7 +199,7 @@ def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, st
                 found[(kind, value)] = (person, partners)
         return found
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -101,7 +216,7 @@ def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
                 found[person] = (mask, size)
         return found
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def known_pairs(store: Store, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -117,12 +232,12 @@ def known_pairs(store: Store, pairs: Sequence[tuple[str, str]]) -> set[tuple[str
                 found.add((email, user_id))
         return found
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def last_person(store: Store) -> int:
     return int(
-        store.read(lambda c: c.execute("SELECT COALESCE(MAX(person), 0) FROM id_people").fetchone()[0])
+        of(store).read(lambda c: c.execute("SELECT COALESCE(MAX(person), 0) FROM id_people").fetchone()[0])
     )
 
 
@@ -134,8 +249,8 @@ def apply(store: Store, fold: Fold) -> None:
         if _cursor(conn) != fold.after:
             raise Conflict(f"the identity cursor moved from {fold.after}")
         conn.execute(
-            "INSERT INTO cursors (name, seq) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-            (CURSOR, fold.cursor),
+            "INSERT INTO id_cursor (id, seq) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+            (fold.cursor,),
         )
         for old, new in fold.merges:
             conn.execute("UPDATE id_nodes SET person = ? WHERE person = ?", (new, old))
@@ -158,7 +273,7 @@ def apply(store: Store, fold: Fold) -> None:
                 "INSERT OR REPLACE INTO id_meta (key, value) VALUES (?, ?)", list(fold.meta.items())
             )
 
-    store.run(job)
+    of(store).run(job)
 
 
 def reset(store: Store, settings: dict[str, str]) -> None:
@@ -167,10 +282,10 @@ def reset(store: Store, settings: dict[str, str]) -> None:
     def job(conn: sqlite3.Connection) -> None:
         for table in ("id_nodes", "id_pairs", "id_people", "id_tally", "id_events", "id_meta"):
             conn.execute(f"DELETE FROM {table}")
-        conn.execute("DELETE FROM cursors WHERE name = ?", (CURSOR,))
+        conn.execute("DELETE FROM id_cursor")
         conn.executemany("INSERT INTO id_meta (key, value) VALUES (?, ?)", list(settings.items()))
 
-    store.run(job)
+    of(store).run(job)
 
 
 # --- what the report reads ------------------------------------------------------------------------
@@ -191,7 +306,7 @@ def tally(store: Store) -> Tally:
                 split[key] = n
         return Tally(_cursor(c), masks, split["email"], split["user_id"], kinds)
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def _members(c: sqlite3.Connection, person: int, limit: int) -> list[tuple[str, str]]:
@@ -218,7 +333,7 @@ def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list
             groups.append([(kind, value), *((other, p) for (p,) in partners)])
         return groups
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def people_with_masks(
@@ -231,7 +346,7 @@ def people_with_masks(
         ).fetchall()
         return [_members(c, person, width) for (person,) in persons]
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 # --- one person -----------------------------------------------------------------------------------
@@ -267,7 +382,7 @@ def component(
                 return _members(c, row[0], limit)
         return []
 
-    return store.read(query)
+    return of(store).read(query)
 
 
 def user_has_events(store: Store, user_id: str) -> bool:
@@ -290,22 +405,35 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
     through `id_events`."""
     columns = "seq, time_ms, source, kind, channel, metric, name, id"
 
+    def seqs_of(c: sqlite3.Connection) -> list[int]:
+        found: list[int] = []
+        for kind, value in idents:
+            if kind != "user_id":
+                found += [
+                    seq
+                    for (seq,) in c.execute(
+                        "SELECT seq FROM id_events WHERE kind = ? AND value = ? ORDER BY seq DESC LIMIT ?",
+                        (kind, value, limit),
+                    )
+                ]
+        return found
+
+    seqs = of(store).read(seqs_of)
+
     def query(c: sqlite3.Connection) -> list[EventRow]:
         rows: dict[int, Any] = {}
         for kind, value in idents:
             if kind == "user_id":
-                found = c.execute(
+                for row in c.execute(
                     f"SELECT {columns} FROM events WHERE user_id = ? ORDER BY time_ms DESC LIMIT ?",
                     (value, limit),
-                ).fetchall()
-            else:
-                found = c.execute(
-                    f"SELECT {columns} FROM events WHERE seq IN (SELECT seq FROM id_events"
-                    " WHERE kind = ? AND value = ? ORDER BY seq DESC LIMIT ?)",
-                    (kind, value, limit),
-                ).fetchall()
-            for row in found:
-                rows[row[0]] = row
+                ):
+                    rows[row[0]] = row
+        for row in c.execute(
+            f"SELECT {columns} FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+            (_JSON(seqs).decode(),),
+        ):
+            rows[row[0]] = row
         newest = sorted(rows.values(), key=lambda r: (r[1], r[0]), reverse=True)[:limit]
         return [
             EventRow(seq, t, source, _key(source, k, ch, m, n), ident)

@@ -81,6 +81,7 @@ class Settlement(msgspec.Struct, frozen=True):
     next_ms: int = 0
     reason: str | None = None
     response: str | None = None
+    code: str = ""  # the reason's code, for metrics only (loopwire.metrics.REASON_CODES); not stored
 
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the other writer before its write fails
@@ -172,6 +173,8 @@ class Store:
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
         self.commits = 0  # transactions committed (each one fsync)
+        # files kept beside the log and closed with it (the identity graph, store/identity.py)
+        self.companions: dict[str, Any] = {}
 
     @property
     def recovered(self) -> int:
@@ -277,6 +280,9 @@ class Store:
             self._thread.join()
         self._conn.close()
         self._reader.close()
+        for companion in self.companions.values():
+            companion.close()
+        self.companions.clear()
 
     # -- the log -------------------------------------------------------------------------------
     async def append(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> list[bool]:

@@ -264,9 +264,9 @@ def test_loopwire_kinds_other_than_identify_and_track_are_skipped() -> None:
     event = decode_event((FIXTURES / "loopwire_audience_entered_event" / EVENT).read_bytes())
     page = msgspec.structs.replace(event, kind="page")
     assert map_event(page, options_for(None), NOW_MS) == Skip(
-        "loopwire page events are not sent to Amplitude (it takes identify and track)"
+        "loopwire page events are not sent to Amplitude (it takes identify and track)", "unsupported"
     )
     bare = msgspec.structs.replace(event, kind="identify", data={"traits": {}})
     assert map_event(bare, options_for(None), NOW_MS) == Skip(
-        "loopwire identify without traits: no user property to set"
+        "loopwire identify without traits: no user property to set", "nothing_to_send"
     )

@@ -319,13 +319,17 @@ async def test_identify_only_when_a_selected_property_changed(
     assert destination.memory.recall("person:id:cust_000123") == {"sent": {"plan": "pro", "city": "Paris"}}
 
     same = amp("$identify", 2, user_properties={"$set": {"plan": "pro", "nick": "lovelace"}})
-    assert destination.map(same, T) == Skip("no selected user property changed since it was last sent")
+    assert destination.map(same, T) == Skip(
+        "no selected user property changed since it was last sent", "nothing_to_send"
+    )
     store.close()
 
     # The memory is durable: a restarted loopwire still knows what it sent.
     store = Store(path)
     destination = CustomerioDestination("customerio", opts, http, SentMemory(store, "customerio"))
-    assert destination.map(same, T) == Skip("no selected user property changed since it was last sent")
+    assert destination.map(same, T) == Skip(
+        "no selected user property changed since it was last sent", "nothing_to_send"
+    )
     changed = amp("Plan Upgraded", 3, user_properties={"$set": {"plan": "team", "city": "Paris"}})
     payload = destination.map(changed, T)
     assert isinstance(payload, dict)
@@ -399,7 +403,7 @@ async def test_identifier_learned_from_an_identify_addresses_later_events(
     destination = CustomerioDestination("customerio", opts, http, memory(store))
     order = amp("Order Completed", 2)
     assert destination.map(order, T) == Skip(
-        "events without a user are never sent: no Customer.io identifier (seed 003)"
+        "events without a user are never sent: no Customer.io identifier (seed 003)", "no_identifier"
     )
     identify = amp("$identify", 1, user_properties={"$set": {"email": "ada@example.com"}})
     assert destination.accepts(identify)  # even with send_users off: the identifier is learned
@@ -441,7 +445,8 @@ async def test_loopwire_attributes_and_audience_events_reach_the_learned_person(
     assert destination.accepts(holdout)
     assert destination.map(holdout, T) == Skip(
         "no Customer.io identifier known yet for this user: loopwire's own events are addressed by the "
-        "`email` learned from the user's Amplitude or Segment events, and none has been seen (seed 003)"
+        "`email` learned from the user's Amplitude or Segment events, and none has been seen (seed 003)",
+        "no_identifier",
     )
     learn = amp("$identify", 2, user_properties={"$set": {"email": "ada@example.com"}})
     entered = own(
@@ -459,7 +464,7 @@ async def test_loopwire_attributes_and_audience_events_reach_the_learned_person(
     }
     # Sent once: the same traits again change nothing; a changed one goes alone.
     assert destination.map(own("identify", 4, traits=traits), T) == Skip(
-        "none of loopwire's attributes changed since they were last sent"
+        "none of loopwire's attributes changed since they were last sent", "nothing_to_send"
     )
     exited = own("identify", 5, traits={**traits, "audience_cart_abandoners": False})
     payload = destination.map(exited, T)

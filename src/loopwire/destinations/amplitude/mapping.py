@@ -82,7 +82,7 @@ def _no_id(zero_without_email: bool, user_id: str | None, device_id: Any, min_le
     reason = f"no id Amplitude accepts (user id: {user}; device id: {device})"
     if "min_id_length" in user or "min_id_length" in device:
         reason += "; set `min_id_length` to send shorter ids"
-    return Skip(reason)
+    return Skip(reason, "no_identifier")
 
 
 def forward(event: Event) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def own_event(event: Event, options: AmplitudeOptions) -> dict[str, Any] | Skip:
     if event.kind == "identify":
         traits = data.get("traits")
         if type(traits) is not dict or not traits:
-            return Skip("loopwire identify without traits: no user property to set")
+            return Skip("loopwire identify without traits: no user property to set", "nothing_to_send")
         values = {key: _clip(value) for key, value in traits.items() if value is not None}
         removed = {key: "-" for key, value in traits.items() if value is None}  # the SDKs' `$unset` value
         operations: dict[str, Any] = {}
@@ -136,7 +136,7 @@ def own_event(event: Event, options: AmplitudeOptions) -> dict[str, Any] | Skip:
     if event.kind == "track":
         name = event.name or data.get("event")
         if type(name) is not str or not name:
-            return Skip("loopwire track without an event name: Amplitude requires `event_type`")
+            return Skip("loopwire track without an event name: Amplitude requires `event_type`", "incomplete")
         properties = data.get("properties")
         return {
             "event_type": name[:MAX_STRING_CHARS],
@@ -145,7 +145,9 @@ def own_event(event: Event, options: AmplitudeOptions) -> dict[str, Any] | Skip:
             "insert_id": event.id,
             "time": event.time_ms,
         }
-    return Skip(f"loopwire {event.kind} events are not sent to Amplitude (it takes identify and track)")
+    return Skip(
+        f"loopwire {event.kind} events are not sent to Amplitude (it takes identify and track)", "unsupported"
+    )
 
 
 def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str, Any] | Skip:
@@ -162,7 +164,8 @@ def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str,
         return own_event(event, options)
     if event.source != "customerio":
         return Skip(
-            f"the amplitude destination maps Customer.io, Amplitude and loopwire events, not {event.source} ones"
+            f"the amplitude destination maps Customer.io, Amplitude and loopwire events, not {event.source} ones",
+            "unsupported",
         )
     channel = event.channel or ""
     metric = event.metric or ""
@@ -177,7 +180,9 @@ def map_event(event: Event, options: AmplitudeOptions, now_ms: int) -> dict[str,
         flag = next((f for f in _MACHINE_FLAGS if data.get(f) is True), None)
         if options.machine_activity == "exclude":
             if flag is not None:
-                return Skip(f"{channel} {metric}: machine activity is excluded (`{flag}` is true)")
+                return Skip(
+                    f"{channel} {metric}: machine activity is excluded (`{flag}` is true)", "machine_activity"
+                )
         else:
             machine = flag is not None
 

@@ -230,15 +230,15 @@ def person(value: str | None) -> Person | Skip:
     """email → `{"email"}` (matched case-insensitively), `cio_` prefix → `{"cio_id"}` without it,
     anything else → `{"id"}`; over 150 bytes or nothing → Skip (seed 003)."""
     if value is None or not value.strip():
-        return Skip(SKIP_ANONYMOUS)
+        return Skip(SKIP_ANONYMOUS, "no_identifier")
     if api.byte_len(value) > api.IDENTIFIER_MAX_BYTES:
-        return Skip(SKIP_TOO_LONG)
+        return Skip(SKIP_TOO_LONG, "identifier_too_long")
     if _EMAIL.fullmatch(value):
         return Person({"email": value}, f"person:email:{value.lower()}")
     if value.startswith(CIO_PREFIX):
         cio_id = value[len(CIO_PREFIX) :]
         if not cio_id.strip():
-            return Skip(SKIP_NO_CIO_ID)
+            return Skip(SKIP_NO_CIO_ID, "no_identifier")
         return Person({"cio_id": cio_id}, f"person:cio_id:{cio_id}")
     return Person({"id": value}, f"person:id:{value}")
 
@@ -325,10 +325,10 @@ def _own_changes(
 def wants(event: Event, options: CustomerioOptions) -> Skip | None:
     """Would this event produce anything, whoever its user is? A Skip saying why not, else None."""
     if event.kind in _UNSUPPORTED:
-        return Skip(_UNSUPPORTED[event.kind])
+        return Skip(_UNSUPPORTED[event.kind], "unsupported")
     if event.source == LOOPWIRE and event.kind == "identify":
         # loopwire's own attributes go whatever `send_users` says: that is about the app's user properties
-        return None if own_traits(event) else Skip(SKIP_NO_OWN_TRAITS)
+        return None if own_traits(event) else Skip(SKIP_NO_OWN_TRAITS, "nothing_to_send")
     updates = user_updates(event)
     learns = options.identifier != USER_ID and (
         options.identifier in updates.set or options.identifier in updates.set_once
@@ -341,7 +341,7 @@ def wants(event: Event, options: CustomerioOptions) -> Skip | None:
             return None
         if not options.send_users:
             return Skip("user updates are not sent: `send_users` is off")
-        return Skip("no selected user property in this update (`user_properties`)")
+        return Skip("no selected user property in this update (`user_properties`)", "nothing_to_send")
     if options.send_events and _selected_events(event, options):
         return None
     if learns or (options.send_users and touches):
@@ -353,9 +353,9 @@ def wants(event: Event, options: CustomerioOptions) -> Skip | None:
 
 def _nothing_to_send(event: Event, options: CustomerioOptions) -> Skip:
     if own_traits(event):
-        return Skip(SKIP_OWN_UNCHANGED)
+        return Skip(SKIP_OWN_UNCHANGED, "nothing_to_send")
     if options.send_users:
-        return Skip("no selected user property changed since it was last sent")
+        return Skip("no selected user property changed since it was last sent", "nothing_to_send")
     if event.kind == "identify":
         return Skip("user updates are not sent: `send_users` is off")
     if not options.send_events:
@@ -380,7 +380,7 @@ def map_event(
     who = person(value)
     if isinstance(who, Skip):
         if value is None and event.source == LOOPWIRE and event.user_id and options.identifier != USER_ID:
-            return Skip(skip_unknown_identifier(options.identifier))
+            return Skip(skip_unknown_identifier(options.identifier), "no_identifier")
         return who
     ops: list[dict[str, Any]] = []
     remember: dict[str, dict[str, Any]] = {}

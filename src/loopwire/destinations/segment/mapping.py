@@ -157,7 +157,8 @@ def _recipient_kind(channel: str, recipient: Any) -> str | None:
 def _no_identity(source: str) -> Skip:
     return Skip(
         f"no userId or anonymousId: the {source} event names no id and no email "
-        "(Segment would drop it, segment.md §5)"
+        "(Segment would drop it, segment.md §5)",
+        "no_identifier",
     )
 
 
@@ -274,7 +275,8 @@ def _forwarded(event: Event, options: SegmentOptions) -> list[dict[str, Any]] | 
     kind = event.kind
     if kind not in _FORWARDED:
         return Skip(
-            f"{event.source} {kind} events are not sent to Segment (it takes {', '.join(sorted(_FORWARDED))})"
+            f"{event.source} {kind} events are not sent to Segment (it takes {', '.join(sorted(_FORWARDED))})",
+            "unsupported",
         )
     body = _body_of(event)
     hashing = options.route.hash_identifiers
@@ -287,7 +289,7 @@ def _forwarded(event: Event, options: SegmentOptions) -> list[dict[str, Any]] | 
     if kind == "track":
         name = event.name or body.pop("event", None)
         if type(name) is not str or not name:
-            return Skip("track without an event name (Segment would drop it, segment.md §5)")
+            return Skip("track without an event name (Segment would drop it, segment.md §5)", "incomplete")
         body.pop("event", None)
         message["event"] = name
     elif kind in ("page", "screen"):
@@ -295,7 +297,7 @@ def _forwarded(event: Event, options: SegmentOptions) -> list[dict[str, Any]] | 
         if type(name) is str and name:
             message["name"] = name
     elif kind == "group" and _some_id(body.get("groupId")) is None:
-        return Skip("group without a groupId (Segment would drop it, segment.md §3)")
+        return Skip("group without a groupId (Segment would drop it, segment.md §3)", "incomplete")
     ids = {"userId": user_id} if user_id is not None else {}
     if anonymous_id is not None:
         ids["anonymousId"] = anonymous_id
