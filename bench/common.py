@@ -224,11 +224,16 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 
 def write_config(
-    path: Path, store: Path, base_url: str, server: dict[str, Any] | None = None, **amplitude: Any
+    path: Path,
+    store: Path,
+    base_url: str,
+    server: dict[str, Any] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    **amplitude: Any,
 ) -> Path:
     """examples/loopwire.yaml cut to the Customer.io webhook source and the amplitude destination, with
-    the store, the sandbox URL, `server` and `amplitude` options put in (nothing else in it may leave
-    loopback)."""
+    the store, the sandbox URL, `server`, other top-level `sections` (e.g. `identity`) and `amplitude`
+    options put in (nothing else in it may leave loopback)."""
     example = yaml.safe_load((ROOT / "examples" / "loopwire.yaml").read_text())
     destination = dict(example["destinations"]["amplitude"])
     destination["base_url"] = base_url
@@ -237,6 +242,7 @@ def write_config(
         "server": {**example.get("server", {}), **(server or {})},
         "sources": {"customerio_webhooks": example["sources"]["customerio_webhooks"]},
         "destinations": {"amplitude": destination},
+        **(sections or {}),
     }
     for key, value in amplitude.items():
         if isinstance(value, dict):

@@ -25,6 +25,7 @@ from bench import (
     batch_ingest,
     console_pages,
     drain_backlog,
+    identity_cost,
     lift_bench,
     mapping_throughput,
     status_reads,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "audiences": audiences_bench.run,
     "status_reads": status_reads.run,
     "console_pages": console_pages.run,
+    "identity_cost": identity_cost.run,
 }
 TIME_LIMIT_S = 540  # `make bench` stays under ten minutes, whatever happens
 

@@ -38,6 +38,12 @@ SAMPLE_S = 10.0
 GROWTH_TARGET = 1.10  # RSS at the end ≤ 1.1 × RSS at a third of the run
 
 
+def _role(pid: int) -> str:
+    """What a child of `loopwire serve` is, by its command line."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return "identity follower" if b"identity_graph" in command else "ingest process"
+
+
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -55,8 +61,8 @@ def run(minutes: float = 15.0, rate: int = 2_000, connections: int = 64, threads
             config.write_text(yaml.safe_dump(document, sort_keys=False))
             port = free_port()
             with loopwire_serve(config, port, work / "loopwire.log", LOOPWIRE_ENV) as server:
-                children = _children(server.pid)  # the ingest process
-                pids = {"server": server.pid, **({"ingest process": children[0]} if children else {})}
+                time.sleep(1.0)  # the identity follower starts beside the ingest process
+                pids = {"server": server.pid, **{_role(child): child for child in _children(server.pid)}}
                 samples: list[tuple[float, dict[str, int]]] = []
                 stop = threading.Event()
 

@@ -106,10 +106,12 @@ def loopwire_run(
     rate: int = 0,
     paused: bool = False,
     in_process: bool = False,
+    sections: dict[str, Any] | None = None,
 ) -> tuple[WrkRun, dict[str, Any]]:
     """A fresh store, a fresh sandbox, one wrk run; then the durability check. `paused`: the amplitude
     destination is paused, so every event is committed and queued for it but none is sent.
-    `in_process`: `server.ingest_process: false`, webhooks checked and committed in the server."""
+    `in_process`: `server.ingest_process: false`, webhooks checked and committed in the server.
+    `sections`: more top-level config (`identity`, say)."""
     run_dir = work / name
     run_dir.mkdir()
     db = run_dir / "loopwire.db"
@@ -118,7 +120,9 @@ def loopwire_run(
     args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
     with amplitude_sandbox(sandbox_port, run_dir / "sandbox.log") as sandbox:
         server = {"ingest_process": False} if in_process else {}
-        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url, server=server, paused=paused)
+        config = write_config(
+            run_dir / "loopwire.yaml", db, sandbox.url, server=server, sections=sections, paused=paused
+        )
         with loopwire_serve(config, port, run_dir / "loopwire.log", LOOPWIRE_ENV) as server:
             run = run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
             counters = ingest_counters(server.url)

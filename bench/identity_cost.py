@@ -1,0 +1,110 @@
+"""What keeping the identity graph costs webhook ingest (issue 10: less than 5 %).
+
+    python -m bench.identity_cost [--duration 8] [--rounds 2]
+
+`loopwire serve` as users run it (the server and its ingest process, the amplitude destination
+paused so every event is committed and queued but none sent) under the same wrk load as
+`bench.webhook_ingest`, with `identity.graph: true` (the default: the follower folds the log into
+the graph while webhooks arrive) and `identity.graph: false`, interleaved (off, on, on, off, …).
+Every request is a distinct signed webhook; a run that would repeat one fails. After each "on" run
+the store says how much of the log the follower had folded by the time the server stopped: a graph
+that fell behind would make the ratio look better than it is, so it is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Result, WrkRun, report
+from bench.webhook_ingest import loopwire_run, write_requests
+from loopwire.store.identity import graph_path
+
+RATIO_TARGET = 0.95  # the graph may cost ingest less than 5 %
+
+
+def folded_share(db: Path) -> tuple[int, int]:
+    """(events in the log, events the follower had folded) once the server has stopped."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        events = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    finally:
+        conn.close()
+    side = Path(graph_path(str(db)))
+    if not side.exists():
+        return int(events), 0
+    conn = sqlite3.connect(f"file:{side}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT seq FROM id_cursor").fetchone()
+        return int(events), int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def _pooled(runs: list[WrkRun]) -> float:
+    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
+
+
+def run(
+    duration: int = 8, connections: int = 64, threads: int = 2, count: int = 400_000, rounds: int = 2
+) -> list[Result]:
+    with tempfile.TemporaryDirectory(prefix="loopwire-bench-identity-") as tmp:
+        work = Path(tmp)
+        requests_file = work / "requests.tsv"
+        write_requests(requests_file, count, time.time())
+        wrk_args = {"connections": connections, "threads": threads, "duration": duration}
+        runs: dict[str, list[WrkRun]] = {"off": [], "on": []}
+        folded: list[dict[str, Any]] = []
+        for number in range(rounds):
+            order = ["off", "on"] if number % 2 == 0 else ["on", "off"]
+            for kind in order:
+                name = f"{kind}-{number}"
+                sections = {"identity": {"graph": kind == "on"}}
+                result, _ = loopwire_run(work, name, requests_file, wrk_args, paused=True, sections=sections)
+                runs[kind].append(result)
+                if kind == "on":
+                    events, cursor = folded_share(work / name / "loopwire.db")
+                    folded.append({"run": name, "events": events, "folded": cursor})
+    on, off = _pooled(runs["on"]), _pooled(runs["off"])
+    share = sum(f["folded"] for f in folded) / max(1, sum(f["events"] for f in folded))
+    if share < 0.5:
+        raise RuntimeError(
+            f"the identity follower folded only {share:.0%} of the log: not a fair figure ({folded})"
+        )
+    return [
+        Result(
+            name=f"webhook ingest with the identity graph kept ({share:.0%} of the log folded by the end)",
+            value=on,
+            unit="req/s",
+            baseline=off,
+            baseline_label="identity.graph: false",
+            target=RATIO_TARGET,
+            details={
+                "rounds": rounds,
+                "rates_per_run": {k: [round(r.rate) for r in v] for k, v in runs.items()},
+                "command": runs["on"][0].command,
+                "folded": folded,
+                "latency_p99_ms": {k: round(v[-1].latency_us["p99"] / 1000, 2) for k, v in runs.items()},
+            },
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="The identity graph's cost to webhook ingest (wrk on loopback)."
+    )
+    parser.add_argument("--duration", type=int, default=8, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (off/on, then on/off, …)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=400_000, help="distinct signed webhooks generated")
+    args = parser.parse_args()
+    report(run(args.duration, args.connections, count=args.requests, rounds=args.rounds))
+
+
+if __name__ == "__main__":
+    main()
