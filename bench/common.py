@@ -371,18 +371,26 @@ def personalise(template: dict[str, Any], event_id: str, user: str, timestamp: i
     if not isinstance(data, dict):
         return doc
     email = f"{user}@example.com"
+    # a phone number of the user's own: the templates' one shared number (and one shared cio_id)
+    # would make the identity graph see every user of the load as one person
+    phone = "+1555" + "".join(c for c in user if c.isdigit()).rjust(7, "0")[-7:]
     identifiers = data.get("identifiers")
     if isinstance(identifiers, dict):
         if isinstance(identifiers.get("id"), str | int) and identifiers["id"] not in (0, "0"):
             identifiers["id"] = user
         if isinstance(identifiers.get("email"), str):
             identifiers["email"] = email
+        if isinstance(identifiers.get("cio_id"), str):
+            identifiers["cio_id"] = f"cio-{user}"
     for key in ("customer_id",):
         if isinstance(data.get(key), str):
             data[key] = user
     for key in ("email_address", "recipient"):
-        if isinstance(data.get(key), str) and "@" in data[key]:
+        value = data.get(key)
+        if isinstance(value, str) and "@" in value:
             data[key] = email
+        elif isinstance(value, str) and re.fullmatch(r"\+?[\d\s().-]{5,}", value):
+            data[key] = phone
     recipients = data.get("recipients")
     if isinstance(recipients, list):
         for index, recipient in enumerate(recipients):

@@ -77,9 +77,13 @@ def count_of(requests_file: Path) -> int:
 
 
 def ingest_counters(url: str) -> dict[str, float]:
-    """loopwire_ingest_requests_total by outcome, from /metrics."""
+    """loopwire_ingest_requests_total by outcome, from /metrics; and `identity_lag_events`, how far
+    the identity graph is behind the log (when it is kept)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     found: dict[str, float] = {}
+    lag = re.search(r"^loopwire_identity_lag_events (\S+)$", text, re.MULTILINE)
+    if lag:
+        found["identity_lag_events"] = float(lag.group(1))
     for match in re.finditer(r"^loopwire_ingest_requests_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
         outcome = re.search(r'outcome="([^"]*)"', match.group(1))
         if outcome:
@@ -141,6 +145,7 @@ def loopwire_run(
         "events_stored": counts["events"],
         "outbox": {k: v for k, v in counts.items() if k != "events"},
         "repeats_sent": run.repeats,
+        "identity_lag_events": int(counters.get("identity_lag_events", 0)),
         # Every 2xx wrk saw is a committed row or a duplicate of one. The server may have committed a
         # few more (at most one per connection) whose answers came after wrk and /metrics stopped counting.
         "every_2xx_stored": accepted <= counts["events"] and counts["events"] + duplicates >= answered,

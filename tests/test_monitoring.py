@@ -107,7 +107,7 @@ def test_the_oldest_waiting_event_ages_while_its_destination_is_paused(
     assert age is not None and 120 <= age < 130  # the first two, not the newest
 
 
-def test_the_follower_process_runs_niced_is_restarted_and_stops_with_the_server(
+def test_the_follower_process_runs_idle_is_restarted_and_stops_with_the_server(
     loopwire: Any, sandbox: Any
 ) -> None:
     import os
@@ -117,9 +117,9 @@ def test_the_follower_process_runs_niced_is_restarted_and_stops_with_the_server(
         follower = runtime.identity
         first = follower.pid
         assert first is not None
-        assert (
-            os.getpriority(os.PRIO_PROCESS, first) == 19
-        )  # ingest first: the graph gets the CPU that is left
+        # ingest first: the graph gets only the CPU nothing else wants
+        assert os.sched_getscheduler(first) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, first) == 19
         os.kill(first, signal.SIGKILL)
         wait_until(lambda: follower.starts == 2, what="a new follower process")
         send(url, person("user-0001", "ada@example.com", "c1"))

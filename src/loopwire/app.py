@@ -33,6 +33,7 @@ from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
 from loopwire.store import SentMemory, Store
+from loopwire.store import audiences as audience_store
 from loopwire.store import console as console_store
 from loopwire.store import identity as identity_graph
 from loopwire.web.auth import refusal
@@ -239,7 +240,7 @@ def monitoring_snapshot(store: Store, config: Config, now_ms: int) -> Snapshot:
     return Snapshot(
         outbox=store.counts(config.destinations),
         oldest_pending_age_s={dest: max(0.0, (now_ms - ms) / 1000) for dest, ms in oldest.items()},
-        audiences=identity_graph.audience_tally(store),
+        audiences=audience_store.audience_tally(store),
         identity=ident,
     )
 

@@ -118,3 +118,11 @@ def record_versions(store: Store, rows: Sequence[tuple[str, int, str, str, int]]
             rows,
         )
     )
+
+
+def audience_tally(store: Store) -> dict[str, tuple[int, int, int]]:
+    """audience → (members, entered, exited), kept by triggers on `members` (migration 8)."""
+    rows = store.read(
+        lambda c: c.execute("SELECT audience, members, entered, exited FROM audience_tally").fetchall()
+    )
+    return {audience: (members, entered, exited) for audience, members, entered, exited in rows}

@@ -99,27 +99,6 @@ def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def oldest_waiting(store: Store, dests: Sequence[str]) -> dict[str, int]:
-    """Per destination, when its oldest pending or in-flight row was enqueued: the backlog's rows only,
-    one range of `outbox_ready` per destination and state."""
-
-    def query(conn: sqlite3.Connection) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for dest in dests:
-            times = [
-                conn.execute(
-                    "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_ready WHERE dest = ? AND state = ?",
-                    (dest, state),
-                ).fetchone()[0]
-                for state in ("pending", "in_flight")
-            ]
-            if any(t is not None for t in times):
-                found[dest] = min(t for t in times if t is not None)
-        return found
-
-    return store.read(query)
-
-
 # -- pausing ---------------------------------------------------------------------------------------
 
 

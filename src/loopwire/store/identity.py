@@ -464,11 +464,3 @@ def deliveries(store: Store, seqs: Sequence[int], dests: Sequence[str]) -> dict[
 
 
 # --- audiences (tally kept by triggers, migration 8) --------------------------------------------------
-
-
-def audience_tally(store: Store) -> dict[str, tuple[int, int, int]]:
-    """audience → (members, entered, exited)."""
-    rows = store.read(
-        lambda c: c.execute("SELECT audience, members, entered, exited FROM audience_tally").fetchall()
-    )
-    return {audience: (members, entered, exited) for audience, members, entered, exited in rows}

@@ -315,15 +315,27 @@ class Store:
             )
         )
 
-    def oldest_undelivered_ms(self) -> dict[str, int]:
-        """Per destination, when its oldest pending or in-flight event was enqueued."""
-        rows = self.read(
-            lambda c: c.execute(
-                "SELECT dest, MIN(enqueued_ms) FROM outbox WHERE state IN ('pending', 'in_flight')"
-                " GROUP BY dest"
-            ).fetchall()
-        )
-        return {dest: oldest for dest, oldest in rows}
+    def oldest_undelivered_ms(self, dests: Iterable[str] | None = None) -> dict[str, int]:
+        """Per destination (`dests`, or every one with rows), when its oldest pending or in-flight
+        row was enqueued. One range of `outbox_ready` per destination and state: the backlog's rows
+        only (a `state IN (…)` over the whole table walks every delivered row's index entry too)."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            names = list(dests) if dests is not None else [d for (d,) in conn.execute(_DESTS_SQL)]
+            found: dict[str, int] = {}
+            for dest in names:
+                times = [
+                    conn.execute(
+                        "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_ready WHERE dest = ? AND state = ?",
+                        (dest, state),
+                    ).fetchone()[0]
+                    for state in ("pending", "in_flight")
+                ]
+                if any(t is not None for t in times):
+                    found[dest] = min(t for t in times if t is not None)
+            return found
+
+        return self.read(query)
 
     def next_due_ms(self, dest: str) -> int | None:
         due: int | None = self.read(

@@ -26,7 +26,7 @@ def gather(console: Console, span: str) -> dict[str, Any]:
         "now": now,
         "span": span if span in RANGES else "24h",
         "status": status,
-        "oldest": queries.oldest_waiting(runtime.store, list(status["destinations"])),
+        "oldest": runtime.store.oldest_undelivered_ms(list(status["destinations"])),
         "volume_in": [(min(edge, now), float(n)) for edge, n in zip(edges[1:], received, strict=True)],
         "range": (edges[0], min(end, now)),
         "series": console.trend.series(),
