@@ -91,6 +91,20 @@ def ingest_counters(url: str) -> dict[str, float]:
     return found
 
 
+CATCH_UP_S = 120.0
+
+
+def catch_up_s(url: str, counters: dict[str, float]) -> float:
+    """Seconds from the end of the load until the identity graph had folded the whole log."""
+    started = time.monotonic()
+    while counters.get("identity_lag_events", 0) > 0:
+        if time.monotonic() - started > CATCH_UP_S:
+            raise RuntimeError(f"the identity graph did not catch up within {CATCH_UP_S:g}s: {counters}")
+        time.sleep(0.25)
+        counters = ingest_counters(url)
+    return round(time.monotonic() - started, 2)
+
+
 def store_counts(db: Path) -> dict[str, int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -111,11 +125,13 @@ def loopwire_run(
     paused: bool = False,
     in_process: bool = False,
     sections: dict[str, Any] | None = None,
+    identity_catch_up: bool = False,
 ) -> tuple[WrkRun, dict[str, Any]]:
     """A fresh store, a fresh sandbox, one wrk run; then the durability check. `paused`: the amplitude
     destination is paused, so every event is committed and queued for it but none is sent.
     `in_process`: `server.ingest_process: false`, webhooks checked and committed in the server.
-    `sections`: more top-level config (`identity`, say)."""
+    `sections`: more top-level config (`identity`, say). `identity_catch_up`: once the load stops,
+    wait (at most `CATCH_UP_S`) until the identity graph has folded the whole log, and say how long."""
     run_dir = work / name
     run_dir.mkdir()
     db = run_dir / "loopwire.db"
@@ -123,13 +139,15 @@ def loopwire_run(
     threads, connections = wrk_args["threads"], wrk_args["connections"]
     args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
     with amplitude_sandbox(sandbox_port, run_dir / "sandbox.log") as sandbox:
-        server = {"ingest_process": False} if in_process else {}
+        options = {"ingest_process": False} if in_process else {}
         config = write_config(
-            run_dir / "loopwire.yaml", db, sandbox.url, server=server, sections=sections, paused=paused
+            run_dir / "loopwire.yaml", db, sandbox.url, server=options, sections=sections, paused=paused
         )
         with loopwire_serve(config, port, run_dir / "loopwire.log", LOOPWIRE_ENV) as server:
             run = run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
             counters = ingest_counters(server.url)
+            if identity_catch_up:
+                counters["identity_catch_up_s"] = catch_up_s(server.url, counters)
     counts = store_counts(db)
     accepted = int(counters.get("accepted", 0))
     duplicates = int(counters.get("duplicate", 0))
@@ -146,6 +164,7 @@ def loopwire_run(
         "outbox": {k: v for k, v in counts.items() if k != "events"},
         "repeats_sent": run.repeats,
         "identity_lag_events": int(counters.get("identity_lag_events", 0)),
+        "identity_catch_up_s": counters.get("identity_catch_up_s"),
         # Every 2xx wrk saw is a committed row or a duplicate of one. The server may have committed a
         # few more (at most one per connection) whose answers came after wrk and /metrics stopped counting.
         "every_2xx_stored": accepted <= counts["events"] and counts["events"] + duplicates >= answered,

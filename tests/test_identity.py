@@ -471,3 +471,36 @@ def test_the_graph_is_a_file_of_its_own_and_folding_writes_nothing_to_the_log(tm
         assert graph.cursor(reopened) == len(HISTORY)  # the cursor is kept with the graph
     finally:
         reopened.close()
+
+
+class _Recording:
+    """A stop event that records each wait instead of sleeping, and stops at the first idle wait."""
+
+    def __init__(self, poll: float) -> None:
+        self.poll = poll
+        self.waits: list[float] = []
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(round(seconds, 6))
+        if seconds == self.poll:  # caught up
+            self._set = True
+        return self._set
+
+
+def test_the_follower_gives_way_while_ingest_is_appending(store: Store) -> None:
+    store.append_sync(HISTORY, ROUTES)
+    follower = Follower(store, batch=4, poll=0.5)
+    ticks = iter(range(1_000))
+    heads = iter([100, 101, 102, 102, 102, 102, 102, 102])  # the log grows during the first two batches
+    stop = _Recording(poll=0.5)
+    follower.follow(stop, cpu=lambda: next(ticks) * 0.01, head=lambda: next(heads))  # type: ignore[arg-type]
+    full, rest = divmod(len(HISTORY), 4)
+    assert rest and full >= 3
+    # each full batch spent 0.01 s of CPU: while the log grew, the follower waited 9× that (a tenth
+    # of a core); once it stopped growing, none; caught up, the idle poll
+    assert stop.waits == [0.09, 0.09, 0.5]
+    assert follower.folded == len(HISTORY)

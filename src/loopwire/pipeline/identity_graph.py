@@ -40,6 +40,7 @@ POLL_S = 0.5  # idle: look for new rows this often
 SETTLED_MAX = 200_000  # identifier sets remembered as already folded
 NICE = 19  # the follower process's CPU priority: ingest first, the graph with what is left
 RESTART_DELAY_S = 1.0
+BUSY_CPU_SHARE = 0.10  # of one core, while ingest is appending and the graph is behind (`follow`)
 STOP_TIMEOUT_S = 10.0
 
 
@@ -189,9 +190,26 @@ class Follower:
             self._settled.clear()
         self._settled.update(sets)
 
-    def follow(self, stop: threading.Event) -> None:
-        """Fold until `stop` is set: a batch at a time while behind, then every `poll` seconds."""
+    def follow(
+        self,
+        stop: threading.Event,
+        cpu: Callable[[], float] = time.process_time,
+        head: Callable[[], int] | None = None,
+    ) -> None:
+        """Fold until `stop` is set: a batch at a time while behind, then every `poll` seconds.
+
+        While the log is growing (ingest is busy) and the graph is behind, it folds with at most
+        `BUSY_CPU_SHARE` of one core: after each batch it waits the batch's CPU time × (1/share − 1).
+        At the lowest scheduling priority its CPU still cost webhook ingest about a tenth of its
+        rate at saturation on a 2-core machine (bench/identity_cost.py): the cores' caches and the
+        host's accounting are shared even when the scheduler is not. A log that grows by less than a
+        batch per poll (4,000 events a second) is never held back; under a heavier burst the graph
+        falls behind (`loopwire_identity_lag_events`) and catches up at full speed once the log
+        stops growing (the benchmark's bursts of 50,000 events: 4–5 s after)."""
+        head = head or self._store.event_count
+        seen = head()
         while not stop.is_set():
+            started = cpu()
             try:
                 read = self.fold_once()
             except Exception:
@@ -200,6 +218,12 @@ class Follower:
                 continue
             if read < self._batch:
                 stop.wait(self._poll)
+                continue
+            spent = cpu() - started
+            now = head()
+            if now > seen:  # ingest appended while this batch was folded: give it the cores
+                stop.wait(spent * (1 / BUSY_CPU_SHARE - 1))
+            seen = now
 
 
 class FollowerProcess:
