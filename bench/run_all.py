@@ -28,6 +28,7 @@ from bench import (
     identity_cost,
     lift_bench,
     mapping_throughput,
+    polled_ingest,
     status_reads,
     webhook_ingest,
 )
@@ -43,8 +44,10 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "status_reads": status_reads.run,
     "console_pages": console_pages.run,
     "identity_cost": identity_cost.run,
+    # a million events in the log here; docs/performance.md has the 10 million
+    "polled_ingest": lambda: polled_ingest.run(events=1_000_000),
 }
-TIME_LIMIT_S = 540  # `make bench` stays under ten minutes, whatever happens
+TIME_LIMIT_S = 720  # `make bench` stays under twelve minutes, whatever happens
 
 
 class OutOfTime(Exception):

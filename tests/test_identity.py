@@ -144,6 +144,8 @@ def test_identifiers_of_each_source() -> None:
         ("user_id", "u-1"),
         ("external_id", "42"),
     ]
+    # a body that is not an event loopwire wrote (a damaged row) identifies no one, and stops nothing
+    assert identity.identifiers_of(b"\x00") == identity.identifiers_of(b'{"source": 3}') == []
 
 
 def test_report_counts_every_planted_problem_exactly(store: Store, tmp_path: Path) -> None:

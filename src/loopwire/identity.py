@@ -141,7 +141,12 @@ def identifiers_of(body: bytes, external: str | None = None) -> list[Ident]:
     try:
         event: _Ids | _Loose = _ids_decoder.decode(body)
     except msgspec.ValidationError:  # a source payload of an unexpected shape: read it loosely
-        event = _loose_decoder.decode(body)
+        try:
+            event = _loose_decoder.decode(body)
+        except msgspec.DecodeError:  # not an event loopwire wrote: it identifies no one
+            return []
+    except msgspec.DecodeError:
+        return []
     source = event.source
     if source == "loopwire":
         return []

@@ -6,6 +6,7 @@ order), a few B-tree descents a bucket whatever the log's size."""
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -15,18 +16,24 @@ from loopwire.store.sqlite import Store
 # -- volume in --------------------------------------------------------------------------------------
 
 
-def _first_seq_at(conn: sqlite3.Connection, received_ms: int, last: int) -> int:
-    """The first seq received at or after `received_ms` (`last + 1` if none). `received_ms` rises with
-    seq up to the few milliseconds concurrent commits can reorder: a bucket edge is as exact."""
-    lo, hi = 1, last + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        row = conn.execute("SELECT received_ms FROM events WHERE seq = ?", (mid,)).fetchone()
-        if row is not None and row[0] >= received_ms:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+# Per edge, the first seq received at or after it (`last + 1` if none), by bisection over seq, every
+# edge in one statement: one call into SQLite, not one per step (a page's read runs in a thread that
+# must take the interpreter back after each call, which under load costs more than the read).
+# `received_ms` rises with seq up to the few milliseconds concurrent commits can reorder: a bucket edge
+# is as exact. A missing seq (a row trimmed by retention) counts as older than every edge.
+_FIRST_SEQS_SQL = """
+WITH RECURSIVE b(edge, lo, hi) AS (
+    SELECT value, 1, :last + 1 FROM json_each(:edges)
+    UNION ALL
+    SELECT edge,
+           CASE WHEN (SELECT received_ms FROM events WHERE seq = (lo + hi) / 2) >= edge
+                THEN lo ELSE (lo + hi) / 2 + 1 END,
+           CASE WHEN (SELECT received_ms FROM events WHERE seq = (lo + hi) / 2) >= edge
+                THEN (lo + hi) / 2 ELSE hi END
+    FROM b WHERE lo < hi
+)
+SELECT edge, lo FROM b WHERE lo >= hi
+"""
 
 
 def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
@@ -34,7 +41,10 @@ def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
 
     def query(conn: sqlite3.Connection) -> list[int]:
         last = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-        seqs = [_first_seq_at(conn, edge, last) for edge in edges]
+        found = dict(
+            conn.execute(_FIRST_SEQS_SQL, {"last": last, "edges": json.dumps(list(edges))}).fetchall()
+        )
+        seqs = [found[edge] for edge in edges]
         return [b - a for a, b in itertools.pairwise(seqs)]
 
     return store.read(query)
