@@ -126,15 +126,17 @@ def loopwire_run(
     in_process: bool = False,
     sections: dict[str, Any] | None = None,
     identity_catch_up: bool = False,
+    store: Path | None = None,
 ) -> tuple[WrkRun, dict[str, Any]]:
-    """A fresh store, a fresh sandbox, one wrk run; then the durability check. `paused`: the amplitude
+    """A fresh store (or `store`, a log built beforehand), a fresh sandbox, one wrk run; then the durability check. `paused`: the amplitude
     destination is paused, so every event is committed and queued for it but none is sent.
     `in_process`: `server.ingest_process: false`, webhooks checked and committed in the server.
     `sections`: more top-level config (`identity`, say). `identity_catch_up`: once the load stops,
     wait (at most `CATCH_UP_S`) until the identity graph has folded the whole log, and say how long."""
     run_dir = work / name
     run_dir.mkdir()
-    db = run_dir / "loopwire.db"
+    db = store or run_dir / "loopwire.db"
+    before = store_counts(db)["events"] if store is not None else 0
     sandbox_port, port = free_port(), free_port()
     threads, connections = wrk_args["threads"], wrk_args["connections"]
     args = [str(requests_file), str(threads)] + ([str(rate), str(connections)] if rate else [])
@@ -149,6 +151,7 @@ def loopwire_run(
             if identity_catch_up:
                 counters["identity_catch_up_s"] = catch_up_s(server.url, counters)
     counts = store_counts(db)
+    counts["events"] -= before  # the run's own
     accepted = int(counters.get("accepted", 0))
     duplicates = int(counters.get("duplicate", 0))
     answered = run.ok - run.warmups  # the warm-up GETs of /healthz are not webhooks
