@@ -71,10 +71,11 @@ def prepare(path: Path, events: int) -> tuple[int, float]:
     """The big log at `path`: built if missing, else reused as it is (it holds `events` or more: the
     runs of an earlier benchmark added theirs). Its identity graph is marked as folded to its end.
     Returns (events in it, seconds the build took; 0 if reused)."""
-    started = time.perf_counter()
+    built_s = 0.0
     if not path.exists():
+        started = time.perf_counter()
         build(path, events, int(time.time() * 1000))
-    built_s = time.perf_counter() - started
+        built_s = time.perf_counter() - started
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         held = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
