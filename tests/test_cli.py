@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from loopwire.cli import app
 from loopwire.model import Event
-from loopwire.store import Settlement, Store
+from loopwire.store import Settlement, SQLiteStore
 from tests.conftest import API_KEY
 
 REFERENCE = (
@@ -116,8 +116,8 @@ def test_config_error_names_key_and_line(tmp_path: Path) -> None:
     assert "server.colour" in result.output and "line 3" in result.output
 
 
-def seeded_store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "loopwire.db")
+def seeded_store(tmp_path: Path) -> SQLiteStore:
+    store = SQLiteStore(tmp_path / "loopwire.db")
     events = [
         Event(
             id=f"evt-{n}",
@@ -193,7 +193,7 @@ def test_test_connection_reports_success_and_refusal(tmp_path: Path, sandbox: An
 def test_backfill_queues_history_the_route_takes(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("AMP_KEY", API_KEY)
     config = write_config(tmp_path)
-    store = Store(tmp_path / "loopwire.db")
+    store = SQLiteStore(tmp_path / "loopwire.db")
     old = [
         Event(
             id=f"old-{n}",
@@ -351,7 +351,7 @@ def test_lift_reads_the_store_and_renders_table_json_and_html(tmp_path: Path, mo
             }
         )
     )
-    store = Store(tmp_path / "loopwire.db")
+    store = SQLiteStore(tmp_path / "loopwire.db")
     day = 86_400_000
     users = [f"user-{n:03d}" for n in range(40)]
     groups = {u: assign(u, "s1", 50) for u in users}

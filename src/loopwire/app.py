@@ -32,7 +32,7 @@ from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
-from loopwire.store import SentMemory, Store
+from loopwire.store import SentMemory, Store, open_store
 from loopwire.store import console as console_store
 from loopwire.store import identity as identity_graph
 from loopwire.web.auth import refusal
@@ -53,7 +53,7 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store = Store(config.store.path, config.store.group_commit_max)
+        self.store: Store = open_store(config.store)
         if config.audiences:
             try:
                 check_and_record_versions(self.store, config.audiences, int(clock() * 1000))

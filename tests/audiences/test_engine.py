@@ -9,7 +9,7 @@ from pathlib import Path
 from loopwire.audiences.engine import CURSOR, Engine
 from loopwire.audiences.holdouts import Experiment, assign
 from loopwire.model import Event, decode_event
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from loopwire.store import experiments as queries
 
 EXPERIMENT = Experiment(name="Cart journey", salt="cart-v1", holdout_percent=10)
@@ -27,12 +27,12 @@ def order(user: str | None, n: int, t: int) -> Event:
     )
 
 
-def run(store: Store, engine: Engine) -> int:
+def run(store: SQLiteStore, engine: Engine) -> int:
     return asyncio.run(engine.run_once())
 
 
 def test_assigns_each_person_once_at_first_sight_and_exports_the_group(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
 
     async def ingest(events: Sequence[Event]) -> list[bool]:
         return await store.append(events, [[] for _ in events])
@@ -60,7 +60,7 @@ def test_assigns_each_person_once_at_first_sight_and_exports_the_group(tmp_path:
 
 
 def test_a_restart_repeats_no_export(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
 
     async def ingest(events: Sequence[Event]) -> list[bool]:
         return await store.append(events, [[] for _ in events])

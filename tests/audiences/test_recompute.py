@@ -22,7 +22,6 @@ from loopwire.audiences.evaluate import EventMatcher, PersonHistory, compile_all
 from loopwire.audiences.library import resolve_audiences
 from loopwire.audiences.recompute import (
     Share,
-    matches_sql,
     needs,
     recompute,
     recompute_share,
@@ -31,7 +30,8 @@ from loopwire.audiences.recompute import (
 )
 from loopwire.model import Event, decode_event, event_key
 from loopwire.settings import dec_hook
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
+from loopwire.store.scans import matches_sql
 
 NOW = 1_795_435_200_000  # 2026-11-23T12:00:00Z
 HOUR = 3_600_000
@@ -189,13 +189,15 @@ class Log:
             self.amp(None, "Order Completed", NOW - DAY, revenue=999)  # no user: in nobody's history
 
 
-def store_with(path: Path, events: Sequence[Event]) -> Store:
-    store = Store(path)
+def store_with(path: Path, events: Sequence[Event]) -> SQLiteStore:
+    store = SQLiteStore(path)
     store.append_sync(events, [[] for _ in events])
     return store
 
 
-def direct(store: Store, audiences: Mapping[str, AudienceDefinition], now: int) -> dict[str, dict[str, Any]]:
+def direct(
+    store: SQLiteStore, audiences: Mapping[str, AudienceDefinition], now: int
+) -> dict[str, dict[str, Any]]:
     """Per person: every event decoded, the profile, `evaluate_all` — the reference."""
     compiled = compile_all(audiences)
     by_person: dict[str, list[Event]] = {}
@@ -209,11 +211,11 @@ def direct(store: Store, audiences: Mapping[str, AudienceDefinition], now: int) 
     }
 
 
-def members_table(store: Store) -> list[tuple[Any, ...]]:
+def members_table(store: SQLiteStore) -> list[tuple[Any, ...]]:
     return store.run(lambda c: c.execute("SELECT * FROM members ORDER BY audience, user_id").fetchall())
 
 
-def timers_table(store: Store) -> list[tuple[Any, ...]]:
+def timers_table(store: SQLiteStore) -> list[tuple[Any, ...]]:
     return store.run(lambda c: c.execute("SELECT * FROM timers ORDER BY user_id").fetchall())
 
 
@@ -239,7 +241,7 @@ def test_counts_and_rows_are_those_of_evaluating_everyone_directly(tmp_path: Pat
     store.close()
 
 
-def assert_stored_as_evaluated(store: Store, expected: Mapping[str, Mapping[str, Any]]) -> None:
+def assert_stored_as_evaluated(store: SQLiteStore, expected: Mapping[str, Mapping[str, Any]]) -> None:
     """The rows say exactly who is a member (and in which state), the timers when to look again."""
     rows = {
         (audience, user): (member, state) for audience, user, member, _, state, *_ in members_table(store)
@@ -317,10 +319,10 @@ def test_workers_reading_parts_of_the_log_count_everyone_once(tmp_path: Path, lo
         assert members_table(other) == members_table(store)
         assert timers_table(other) == timers_table(store)
         other.close()
-    ranges = split(store.path, 5)
+    ranges = split(store.scan_target(), 5)
     assert ranges[0][0] is None and ranges[-1][1] is None
     assert all(hi == lo for (_, hi), (lo, _) in pairwise(ranges))
-    parts, last = seq_parts(store.path, 3)
+    parts, last = seq_parts(store.scan_target(), 3)
     assert parts[0][0] == 1 and parts[-1][1] == last == len(log.events)
     assert all(end + 1 == start for (_, end), (start, _) in pairwise(parts))
     store.close()
@@ -330,13 +332,13 @@ def test_events_appended_after_the_start_are_left_to_the_engine(tmp_path: Path, 
     audiences = definitions()
     store = store_with(tmp_path / "log.db", log.events)
     expected = direct(store, audiences, NOW)
-    parts, last = seq_parts(store.path, 1)  # what `recompute` hands its workers, at its start
+    parts, last = seq_parts(store.scan_target(), 1)  # what `recompute` hands its workers, at its start
     late = Log(0)
     late.serial = len(log.events)  # new ids
     late.track("u001", "Order Completed", NOW - HOUR, revenue=1000)
     late.track("zz-new", "Order Completed", NOW - HOUR, revenue=1000)
     store.append_sync(late.events, [[] for _ in late.events])
-    done = recompute_share(store.path, audiences, NOW, Share(0, parts, [(None, None)], last))
+    done = recompute_share(store.scan_target(), audiences, NOW, Share(0, parts, [(None, None)], last))
     assert (done.people, done.events) == (
         len(expected),
         sum(e.user_id is not None and e.source != "loopwire" for e in log.events),
@@ -348,7 +350,7 @@ def test_events_appended_after_the_start_are_left_to_the_engine(tmp_path: Path, 
     store.close()
 
 
-def run_engine(store: Store, audiences: Mapping[str, AudienceDefinition], now: int) -> None:
+def run_engine(store: SQLiteStore, audiences: Mapping[str, AudienceDefinition], now: int) -> None:
     async def ingest(events: Sequence[Event]) -> list[bool]:
         return await store.append(events, [[] for _ in events])
 
@@ -392,7 +394,7 @@ def test_write_stores_what_the_engine_stores_then_and_after_new_events(tmp_path:
 
 
 def test_an_empty_log(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
     stats = recompute(store, definitions(), NOW, workers=2)
     assert (stats.people, stats.events, set(stats.members.values())) == (0, 0, {0})
     store.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loopwire.model import Event, decode_event, encode_event
-from loopwire.store import Settlement, Store
+from loopwire.store import Settlement, SQLiteStore
 from loopwire.store import sqlite as sqlite_store
 from loopwire.store.migrations import MIGRATIONS
 
@@ -28,20 +28,20 @@ def event(n: int) -> Event:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "log.db")
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "log.db")
     yield s
     s.close()
 
 
-def test_wal_and_full_sync_and_migrations(store: Store) -> None:
+def test_wal_and_full_sync_and_migrations(store: SQLiteStore) -> None:
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert store.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
 
 
-def test_append_dedupes_on_event_id_and_enqueues_once(store: Store) -> None:
+def test_append_dedupes_on_event_id_and_enqueues_once(store: SQLiteStore) -> None:
     assert store.append_sync([event(1), event(2)], [["amplitude"], ["amplitude"]]) == [True, True]
     assert store.append_sync([event(1)], [["amplitude"]]) == [False]
     assert store.event_count() == 2
@@ -50,7 +50,7 @@ def test_append_dedupes_on_event_id_and_enqueues_once(store: Store) -> None:
     }
 
 
-def test_concurrent_appends_share_commits(store: Store) -> None:
+def test_concurrent_appends_share_commits(store: SQLiteStore) -> None:
     async def burst() -> list[list[bool]]:
         return await asyncio.gather(*(store.append([event(n)], [["amplitude"]]) for n in range(300)))
 
@@ -60,7 +60,7 @@ def test_concurrent_appends_share_commits(store: Store) -> None:
     assert store.commits < 300  # grouped: fewer fsync'd transactions than writes
 
 
-def test_a_failing_job_rolls_back_alone(store: Store) -> None:
+def test_a_failing_job_rolls_back_alone(store: SQLiteStore) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO events (id, source, kind, time_ms, received_ms, body) VALUES ('x','s','k',1,1,x'00')"
@@ -79,7 +79,7 @@ def test_a_failing_job_rolls_back_alone(store: Store) -> None:
 
 def test_claim_settle_and_crash_recovery(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
-    store = Store(path)
+    store = SQLiteStore(path)
     store.append_sync([event(n) for n in range(5)], [["amplitude"]] * 5)
     claimed = asyncio.run(store.claim("amplitude", 3, now_ms=10_000))
     assert [decode_event(c.body).id for c in claimed] == ["evt-00000", "evt-00001", "evt-00002"]
@@ -87,7 +87,7 @@ def test_claim_settle_and_crash_recovery(tmp_path: Path) -> None:
     asyncio.run(store.settle("amplitude", [Settlement(claimed[0].seq, "delivered")], now_ms=10_001))
     store.close()  # two rows left in flight, as after a crash
 
-    reopened = Store(path)
+    reopened = SQLiteStore(path)
     assert reopened.recovered == 2
     assert reopened.counts()["amplitude"] == {
         "pending": 4,
@@ -101,7 +101,7 @@ def test_claim_settle_and_crash_recovery(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_claim_respects_next_attempt_time(store: Store) -> None:
+def test_claim_respects_next_attempt_time(store: SQLiteStore) -> None:
     store.append_sync([event(1)], [["amplitude"]])
     (row,) = asyncio.run(store.claim("amplitude", 10, now_ms=10_000))
     asyncio.run(
@@ -112,7 +112,7 @@ def test_claim_respects_next_attempt_time(store: Store) -> None:
     assert len(asyncio.run(store.claim("amplitude", 10, now_ms=40_000))) == 1
 
 
-def test_dead_letters_list_and_replay(store: Store) -> None:
+def test_dead_letters_list_and_replay(store: SQLiteStore) -> None:
     store.append_sync([event(1), event(2)], [["amplitude"], ["amplitude"]])
     rows = asyncio.run(store.claim("amplitude", 10, now_ms=10_000))
     asyncio.run(
@@ -130,10 +130,10 @@ def test_dead_letters_list_and_replay(store: Store) -> None:
 
 
 def test_cli_store_does_not_steal_in_flight_rows(tmp_path: Path) -> None:
-    server = Store(tmp_path / "log.db")
+    server = SQLiteStore(tmp_path / "log.db")
     server.append_sync([event(1)], [["amplitude"]])
     asyncio.run(server.claim("amplitude", 1, now_ms=10_000))
-    cli = Store(tmp_path / "log.db", recover=False)
+    cli = SQLiteStore(tmp_path / "log.db", recover=False)
     assert cli.recovered == 0 and cli.counts()["amplitude"]["in_flight"] == 1
     cli.close()
     server.close()
@@ -142,7 +142,7 @@ def test_cli_store_does_not_steal_in_flight_rows(tmp_path: Path) -> None:
 def test_sent_memory_recalls_what_was_remembered(tmp_path: Path) -> None:
     from loopwire.store import SentMemory
 
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
     memory = SentMemory(store, "customerio")
     assert memory.recall("person:ada") is None
     asyncio.run(memory.remember({"person:ada": {"plan": "gold"}}, now_ms=1))
@@ -153,7 +153,7 @@ def test_sent_memory_recalls_what_was_remembered(tmp_path: Path) -> None:
     store.close()
 
 
-def test_backfill_enqueues_only_missing_rows_unless_resend(store: Store) -> None:
+def test_backfill_enqueues_only_missing_rows_unless_resend(store: SQLiteStore) -> None:
     store.append_sync([event(1), event(2), event(3)], [["amplitude"], [], []])
     rows = store.scan_events(since_ms=1_002, after_seq=0, limit=10)
     assert [decode_event(body).id for _, body in rows] == ["evt-00002", "evt-00003"]
@@ -167,12 +167,12 @@ def test_backfill_enqueues_only_missing_rows_unless_resend(store: Store) -> None
     assert store.counts()["amplitude"]["delivered"] == 0
 
 
-def test_a_second_copy_in_the_same_group_is_a_duplicate(store: Store) -> None:
+def test_a_second_copy_in_the_same_group_is_a_duplicate(store: SQLiteStore) -> None:
     assert store.append_sync([event(1), event(2), event(1)], [["amplitude"]] * 3) == [True, True, False]
     assert store.counts()["amplitude"]["pending"] == 2
 
 
-def test_stored_rows_are_the_events_byte_for_byte(store: Store) -> None:
+def test_stored_rows_are_the_events_byte_for_byte(store: SQLiteStore) -> None:
     # The group's rows travel as one JSON document that SQLite takes apart; what lands in the log
     # must be exactly what was encoded — escapes, non-ASCII, big and small numbers, nulls.
     tricky = Event(
@@ -213,7 +213,7 @@ def test_stored_rows_are_the_events_byte_for_byte(store: Store) -> None:
     assert outbox == [("amplitude", 1, "pending"), ("segment", 1, "pending")]
 
 
-def test_a_duplicate_of_an_older_event_in_a_mixed_group_gets_no_outbox_row(store: Store) -> None:
+def test_a_duplicate_of_an_older_event_in_a_mixed_group_gets_no_outbox_row(store: SQLiteStore) -> None:
     store.append_sync([event(1)], [["amplitude"]])
     assert store.append_sync([event(2), event(1), event(3), event(2)], [["amplitude"]] * 4) == [
         True,
@@ -233,7 +233,7 @@ def test_a_duplicate_of_an_older_event_in_a_mixed_group_gets_no_outbox_row(store
 def writer(tmp_path: Path) -> sqlite3.Connection:
     """A migrated connection prepared like the store's writer, driven directly (no thread), so the
     make-up of a group is exact."""
-    Store(tmp_path / "log.db").close()
+    SQLiteStore(tmp_path / "log.db").close()
     conn = sqlite_store.connect(tmp_path / "log.db")
     yield conn
     conn.close()
@@ -293,7 +293,7 @@ def test_the_view_gives_outbox_rows_the_new_events_seq(writer: sqlite3.Connectio
 
 @pytest.mark.parametrize("view_max", [128, 0])
 def test_a_group_is_one_commit_whichever_way_it_goes(
-    store: Store, monkeypatch: pytest.MonkeyPatch, view_max: int
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, view_max: int
 ) -> None:
     monkeypatch.setattr(sqlite_store, "_VIEW_MAX_ROWS", view_max)
     monkeypatch.setattr(sqlite_store, "_ROWS_PER_INSERT", 2)  # several statements on the big way
@@ -304,7 +304,7 @@ def test_a_group_is_one_commit_whichever_way_it_goes(
     assert store.counts()["amplitude"]["pending"] == 4
 
 
-def test_appends_alone_in_autocommit_are_durable_when_answered(store: Store, tmp_path: Path) -> None:
+def test_appends_alone_in_autocommit_are_durable_when_answered(store: SQLiteStore, tmp_path: Path) -> None:
     assert store.append_sync([event(1), event(2)], [["amplitude"], []]) == [True, True]
     other = sqlite3.connect(tmp_path / "log.db")  # another connection sees them: committed
     assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
@@ -313,7 +313,7 @@ def test_appends_alone_in_autocommit_are_durable_when_answered(store: Store, tmp
     other.close()
 
 
-def test_an_append_of_no_events_is_answered(store: Store) -> None:
+def test_an_append_of_no_events_is_answered(store: SQLiteStore) -> None:
     assert store.append_sync([], []) == []
     assert store.append_sync([event(1)], [["amplitude"]]) == [True]
 
@@ -338,7 +338,7 @@ def hold_write_lock(path: str, seconds: float) -> threading.Thread:
 
 
 @pytest.mark.parametrize("size", [1, 500], ids=["view", "two-inserts"])
-def test_a_writer_waits_for_the_other_writer_and_then_commits(store: Store, size: int) -> None:
+def test_a_writer_waits_for_the_other_writer_and_then_commits(store: SQLiteStore, size: int) -> None:
     holder = hold_write_lock(store.path, 0.2)
     fresh = store.append_sync([event(n) for n in range(size)], [["amplitude"]] * size)
     holder.join()
@@ -349,7 +349,7 @@ def test_a_writer_waits_for_the_other_writer_and_then_commits(store: Store, size
     ) == (1,)
 
 
-def test_the_appender_of_another_process_waits_its_turn_too(store: Store) -> None:
+def test_the_appender_of_another_process_waits_its_turn_too(store: SQLiteStore) -> None:
     appender = sqlite_store.Appender(store.path)
     holder = hold_write_lock(store.path, 0.2)
     try:
@@ -360,7 +360,9 @@ def test_the_appender_of_another_process_waits_its_turn_too(store: Store) -> Non
     assert store.counts()["amplitude"]["pending"] == 1
 
 
-def test_a_writer_gives_up_after_the_busy_timeout(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_gives_up_after_the_busy_timeout(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.05)
     holder = hold_write_lock(store.path, 0.5)
     try:

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from loopwire.model import Event
-from loopwire.store import Settlement, Store
+from loopwire.store import Settlement, SQLiteStore
 from loopwire.store.migrations import MIGRATIONS, migrate
 from loopwire.store.sqlite import STATES
 
@@ -34,7 +34,7 @@ def _counted(path: str) -> tuple[dict[str, dict[str, int]], list[tuple[str, str,
     return counts, reasons
 
 
-def _tallied(store: Store) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
+def _tallied(store: SQLiteStore) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
     reasons = sorted(
         (dest, state, reason, n) for state in ("dead", "skipped") for dest, reason, n in store.reasons(state)
     )
@@ -42,7 +42,7 @@ def _tallied(store: Store) -> tuple[dict[str, dict[str, int]], list[tuple[str, s
 
 
 def test_counts_and_reasons_match_a_full_count_after_random_writes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
     rng = random.Random(12)
     try:
         seq = 0
@@ -92,7 +92,7 @@ def test_a_store_migrated_with_rows_in_it_starts_with_the_right_tally(tmp_path: 
         )
     migrate(conn)
     conn.close()
-    store = Store(path, recover=False)
+    store = SQLiteStore(path, recover=False)
     try:
         assert _tallied(store) == _counted(store.path)
         assert store.counts()["amplitude"] == {

@@ -6,16 +6,15 @@ order), a few B-tree descents a bucket whatever the log's size."""
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from loopwire.store.sqlite import Store
+from loopwire.store.base import Connection, Store
 
 # -- volume in --------------------------------------------------------------------------------------
 
 
-def _first_seq_at(conn: sqlite3.Connection, received_ms: int, last: int) -> int:
+def _first_seq_at(conn: Connection, received_ms: int, last: int) -> int:
     """The first seq received at or after `received_ms` (`last + 1` if none). `received_ms` rises with
     seq up to the few milliseconds concurrent commits can reorder: a bucket edge is as exact."""
     lo, hi = 1, last + 1
@@ -32,7 +31,7 @@ def _first_seq_at(conn: sqlite3.Connection, received_ms: int, last: int) -> int:
 def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
     """Events logged between consecutive `edges` (ms, ascending): len(edges) - 1 counts."""
 
-    def query(conn: sqlite3.Connection) -> list[int]:
+    def query(conn: Connection) -> list[int]:
         last = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         seqs = [_first_seq_at(conn, edge, last) for edge in edges]
         return [b - a for a, b in itertools.pairwise(seqs)]
@@ -103,7 +102,7 @@ def oldest_waiting(store: Store, dests: Sequence[str]) -> dict[str, int]:
     """Per destination, when its oldest pending or in-flight row was enqueued: the backlog's rows only,
     one range of `outbox_ready` per destination and state."""
 
-    def query(conn: sqlite3.Connection) -> dict[str, int]:
+    def query(conn: Connection) -> dict[str, int]:
         found: dict[str, int] = {}
         for dest in dests:
             times = [
@@ -175,7 +174,7 @@ def audience_changes(
     """Per hour since `since_ms`: (hour start ms, entries, exits); and the newest `limit` changes as
     (user id, "entered" | "exited", time ms, event id). loopwire's own events only, by name (index)."""
 
-    def query(conn: sqlite3.Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
+    def query(conn: Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
         hourly = conn.execute(
             f"SELECT time_ms / 3600000 * 3600000 AS hour, SUM(name = ?1), SUM(name = ?2) FROM events"
             f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND time_ms >= ?3 AND {_AUDIENCE} = ?4"
@@ -217,7 +216,7 @@ def deliveries(
     if not seqs or not dests:
         return found
 
-    def query(conn: sqlite3.Connection) -> list[Any]:
+    def query(conn: Connection) -> list[Any]:
         rows: list[Any] = []
         for start in range(0, len(seqs), 500):
             chunk = list(seqs[start : start + 500])
@@ -242,7 +241,7 @@ def deliveries(
 def memberships(store: Store, user_id: str, audiences: Sequence[str]) -> dict[str, tuple[bool, int, int]]:
     """Per audience: (member, version, since ms), by primary key."""
 
-    def query(conn: sqlite3.Connection) -> dict[str, tuple[bool, int, int]]:
+    def query(conn: Connection) -> dict[str, tuple[bool, int, int]]:
         result = {}
         for audience in audiences:
             row = conn.execute(
@@ -257,7 +256,7 @@ def memberships(store: Store, user_id: str, audiences: Sequence[str]) -> dict[st
 
 
 def person_assignments(store: Store, user_id: str, experiments: Sequence[str]) -> dict[str, tuple[str, int]]:
-    def query(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    def query(conn: Connection) -> dict[str, tuple[str, int]]:
         result = {}
         for experiment in experiments:
             row = conn.execute(

@@ -11,14 +11,14 @@ durable at once): a power cut may lose the last batches, and the follower folds 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from loopwire.store.sqlite import Store, connect
+from loopwire.store.base import Connection, Store
+from loopwire.store.sqlite import connect
 
 T = TypeVar("T")
 _JSON = msgspec.json.Encoder().encode
@@ -96,11 +96,11 @@ class Graph:
         self._conn = conn
         self._lock = threading.Lock()
 
-    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    def read(self, query: Callable[[Connection], T]) -> T:
         with self._lock:
             return query(self._conn)
 
-    def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, job: Callable[[Connection], T]) -> T:
         """One write transaction (another process's follower waits for it, then sees it)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -162,7 +162,7 @@ class Fold(NamedTuple):
     meta: dict[str, str] | None = None
 
 
-def _cursor(conn: sqlite3.Connection) -> int:
+def _cursor(conn: Connection) -> int:
     row = conn.execute("SELECT seq FROM id_cursor WHERE id = 1").fetchone()
     return int(row[0]) if row else 0
 
@@ -187,7 +187,7 @@ def read_batch(store: Store, after: int, limit: int) -> list[tuple[int, bytes]]:
 def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
     """(kind, value) → (person, partners) of those already in the graph."""
 
-    def query(c: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, int]]:
+    def query(c: Connection) -> dict[tuple[str, str], tuple[int, int]]:
         found: dict[tuple[str, str], tuple[int, int]] = {}
         for start in range(0, len(idents), _CHUNK):
             chunk = _JSON([list(i) for i in idents[start : start + _CHUNK]]).decode()
@@ -205,7 +205,7 @@ def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, st
 def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
     """person → (mask, size)."""
 
-    def query(c: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    def query(c: Connection) -> dict[int, tuple[int, int]]:
         found: dict[int, tuple[int, int]] = {}
         for start in range(0, len(persons), _CHUNK):
             chunk = _JSON(list(persons[start : start + _CHUNK])).decode()
@@ -220,7 +220,7 @@ def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
 
 
 def known_pairs(store: Store, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    def query(c: sqlite3.Connection) -> set[tuple[str, str]]:
+    def query(c: Connection) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         for start in range(0, len(pairs), _CHUNK):
             chunk = _JSON([list(p) for p in pairs[start : start + _CHUNK]]).decode()
@@ -245,7 +245,7 @@ def apply(store: Store, fold: Fold) -> None:
     """Write one batch, cursor included, in one transaction; `Conflict` (nothing written) if the
     cursor is no longer where the batch was read from."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         if _cursor(conn) != fold.after:
             raise Conflict(f"the identity cursor moved from {fold.after}")
         conn.execute(
@@ -279,7 +279,7 @@ def apply(store: Store, fold: Fold) -> None:
 def reset(store: Store, settings: dict[str, str]) -> None:
     """Forget the graph (its settings changed): the follower folds the log again from the start."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         for table in ("id_nodes", "id_pairs", "id_people", "id_tally", "id_events", "id_meta"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM id_cursor")
@@ -292,7 +292,7 @@ def reset(store: Store, settings: dict[str, str]) -> None:
 
 
 def tally(store: Store) -> Tally:
-    def query(c: sqlite3.Connection) -> Tally:
+    def query(c: Connection) -> Tally:
         masks: dict[int, int] = {}
         kinds: dict[str, int] = {}
         split = {"email": 0, "user_id": 0}
@@ -309,7 +309,7 @@ def tally(store: Store) -> Tally:
     return of(store).read(query)
 
 
-def _members(c: sqlite3.Connection, person: int, limit: int) -> list[tuple[str, str]]:
+def _members(c: Connection, person: int, limit: int) -> list[tuple[str, str]]:
     rows = c.execute(
         "SELECT kind, value FROM id_nodes WHERE person = ? ORDER BY kind, value LIMIT ?", (person, limit)
     ).fetchall()
@@ -321,7 +321,7 @@ def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list
     identifiers of the other kind it was seen with."""
     other, column, by = ("user_id", "user_id", "email") if kind == "email" else ("email", "email", "user_id")
 
-    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+    def query(c: Connection) -> list[list[tuple[str, str]]]:
         groups: list[list[tuple[str, str]]] = []
         for (value,) in c.execute(
             "SELECT value FROM id_nodes WHERE kind = ? AND partners >= 2 ORDER BY value LIMIT ?",
@@ -339,7 +339,7 @@ def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list
 def people_with_masks(
     store: Store, masks: Sequence[int], limit: int, width: int = 10
 ) -> list[list[tuple[str, str]]]:
-    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+    def query(c: Connection) -> list[list[tuple[str, str]]]:
         persons = c.execute(
             "SELECT person FROM id_people WHERE mask IN (SELECT value FROM json_each(?)) ORDER BY person LIMIT ?",
             (_JSON(list(masks)).decode(), limit),
@@ -373,7 +373,7 @@ def component(
 ) -> list[tuple[str, str]]:
     """Every identifier of the person one of `candidates` belongs to (the first found)."""
 
-    def query(c: sqlite3.Connection) -> list[tuple[str, str]]:
+    def query(c: Connection) -> list[tuple[str, str]]:
         for kind, value in candidates:
             row = c.execute(
                 "SELECT person FROM id_nodes WHERE kind = ? AND value = ?", (kind, value)
@@ -405,7 +405,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
     through `id_events`."""
     columns = "seq, time_ms, source, kind, channel, metric, name, id"
 
-    def seqs_of(c: sqlite3.Connection) -> list[int]:
+    def seqs_of(c: Connection) -> list[int]:
         found: list[int] = []
         for kind, value in idents:
             if kind != "user_id":
@@ -420,7 +420,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
 
     seqs = of(store).read(seqs_of)
 
-    def query(c: sqlite3.Connection) -> list[EventRow]:
+    def query(c: Connection) -> list[EventRow]:
         rows: dict[int, Any] = {}
         for kind, value in idents:
             if kind == "user_id":
@@ -449,7 +449,7 @@ def deliveries(store: Store, seqs: Sequence[int], dests: Sequence[str]) -> dict[
         return {}
     chunk = _JSON(list(seqs)).decode()
 
-    def query(c: sqlite3.Connection) -> dict[int, dict[str, Delivery]]:
+    def query(c: Connection) -> dict[int, dict[str, Delivery]]:
         found: dict[int, dict[str, Delivery]] = {}
         for dest in dests:
             for seq, state, attempts, updated, reason, response in c.execute(
