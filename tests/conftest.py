@@ -12,6 +12,7 @@ import yaml
 from loopwire.app import create_app
 from loopwire.config import Config, parse_config
 from loopwire.sandbox.amplitude import AmplitudeSandbox
+from tests.helpers.postgres import Cluster
 from tests.helpers.servers import serve_app
 
 SIGNING_KEY = "test_signing_key"
@@ -68,6 +69,22 @@ def make_config(
             **(env or {}),
         },
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL server for the whole session (tests/helpers/postgres.py)."""
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres: Cluster) -> str:
+    """The DSN of a new, empty database of the session's server."""
+    return postgres.create_database()
 
 
 @pytest.fixture
