@@ -326,7 +326,7 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
     if as_json:
         _print_json(report)
         return
-    table = Table(title=f"{report['events']} events in {cfg.store.path}")
+    table = Table(title=f"{report['events']} events in {store.path}")
     for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
         table.add_column(column, justify="right" if column != "destination" else "left")
     for dest, states in sorted(report["destinations"].items()):

@@ -5,7 +5,7 @@ Everything above `store/` is typed against `Store` (the Protocol of store/base.p
 """
 
 import sqlite3
-from typing import Protocol
+from typing import Literal, Protocol
 
 from loopwire.store.base import Claimed, Settlement, Store
 from loopwire.store.memory import SentMemory
@@ -28,17 +28,39 @@ __all__ = [
 ]
 
 
+class _Secret(Protocol):
+    def reveal(self) -> str: ...
+
+
 class StoreSettings(Protocol):
     """The config's `store:` section (config.StoreConfig), as the store reads it."""
+
+    @property
+    def type(self) -> Literal["sqlite", "postgres"]: ...
 
     @property
     def path(self) -> str: ...
 
     @property
+    def dsn(self) -> _Secret | None: ...
+
+    @property
     def group_commit_max(self) -> int: ...
+
+    @property
+    def pool_max(self) -> int: ...
 
 
 def open_store(settings: StoreSettings, *, recover: bool = True) -> Store:
     """Open (creating and migrating) the configured store. Only the serving process recovers rows
-    left in flight: a CLI command opened beside a running server passes `recover=False`."""
+    left in flight: a CLI command opened beside a running server passes `recover=False` (on
+    PostgreSQL a store recovers only the rows of nodes that are gone, whoever opens it)."""
+    if settings.type == "postgres":
+        from loopwire.store.postgres import Store as PostgresStore  # psycopg: the `postgres` extra
+
+        if settings.dsn is None:
+            raise ValueError("a PostgreSQL store needs a DSN")
+        return PostgresStore(
+            settings.dsn.reveal(), settings.group_commit_max, recover=recover, pool_max=settings.pool_max
+        )
     return SQLiteStore(settings.path, settings.group_commit_max, recover=recover)

@@ -11,6 +11,13 @@ from typing import Any
 
 from loopwire.store.base import Connection, Store
 
+
+def _indexed(store: Store, index: str) -> str:
+    """SQLite's `INDEXED BY` where its planner needs telling (PostgreSQL has no such clause, and its
+    planner reads the partial indexes' conditions itself)."""
+    return f" INDEXED BY {index}" if store.dialect == "sqlite" else ""
+
+
 # -- volume in --------------------------------------------------------------------------------------
 
 
@@ -64,7 +71,8 @@ def dead_letters(
     # range (every row it ever had) and sort; the partial index holds the dead rows only, newest last.
     sql = (
         "SELECT o.dest, e.id, e.kind, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
-        " o.response FROM outbox o INDEXED BY outbox_dead JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
+        f" o.response FROM outbox o{_indexed(store, 'outbox_dead')} JOIN events e ON e.seq = o.seq"
+        " WHERE o.state = 'dead'"
     )
     args: list[Any] = []
     if dest is not None:
@@ -86,10 +94,11 @@ def event_body(store: Store, event_id: str) -> bytes | None:
 
 def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
     """Pending rows that failed at least once, with the destination's last answer (the backlog only)."""
+    indexed = _indexed(store, "outbox_ready")
     rows = store.read(
         lambda c: c.execute(
             "SELECT e.id, o.attempts, o.next_ms, o.updated_ms, o.reason, o.response FROM outbox o"
-            " INDEXED BY outbox_ready JOIN events e ON e.seq = o.seq"
+            f"{indexed} JOIN events e ON e.seq = o.seq"
             " WHERE o.dest = ? AND o.state = 'pending' AND o.reason IS NOT NULL ORDER BY o.updated_ms DESC LIMIT ?",
             (dest, limit),
         ).fetchall()
@@ -102,12 +111,14 @@ def oldest_waiting(store: Store, dests: Sequence[str]) -> dict[str, int]:
     """Per destination, when its oldest pending or in-flight row was enqueued: the backlog's rows only,
     one range of `outbox_ready` per destination and state."""
 
+    indexed = _indexed(store, "outbox_ready")
+
     def query(conn: Connection) -> dict[str, int]:
         found: dict[str, int] = {}
         for dest in dests:
             times = [
                 conn.execute(
-                    "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_ready WHERE dest = ? AND state = ?",
+                    f"SELECT MIN(enqueued_ms) FROM outbox{indexed} WHERE dest = ? AND state = ?",
                     (dest, state),
                 ).fetchone()[0]
                 for state in ("pending", "in_flight")
@@ -155,7 +166,11 @@ def requeue_in_flight(store: Store, dest: str) -> int:
 
 # -- audiences -------------------------------------------------------------------------------------
 
-_AUDIENCE = "json_extract(CAST(body AS TEXT), '$.data.properties.audience')"
+# the audience a membership event (audiences.engine) names, read from its stored body
+_AUDIENCE = {
+    "sqlite": "json_extract(CAST(body AS TEXT), '$.data.properties.audience')",
+    "postgres": "(convert_from(body, 'UTF8')::jsonb #>> '{data,properties,audience}')",
+}
 
 
 def audience_size(store: Store, audience: str) -> int:
@@ -174,19 +189,22 @@ def audience_changes(
     """Per hour since `since_ms`: (hour start ms, entries, exits); and the newest `limit` changes as
     (user id, "entered" | "exited", time ms, event id). loopwire's own events only, by name (index)."""
 
+    named = _AUDIENCE[store.dialect]
+
     def query(conn: Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
         hourly = conn.execute(
-            f"SELECT time_ms / 3600000 * 3600000 AS hour, SUM(name = ?1), SUM(name = ?2) FROM events"
-            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND time_ms >= ?3 AND {_AUDIENCE} = ?4"
+            "SELECT time_ms / 3600000 * 3600000 AS hour, SUM(CASE WHEN name = ? THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN name = ? THEN 1 ELSE 0 END) FROM events"
+            f" WHERE name IN (?, ?) AND source = 'loopwire' AND time_ms >= ? AND {named} = ?"
             " GROUP BY hour ORDER BY hour",
-            (entered, exited, since_ms, audience),
+            (entered, exited, entered, exited, since_ms, audience),
         ).fetchall()
         recent = conn.execute(
-            f"SELECT user_id, CASE WHEN name = ?1 THEN 'entered' ELSE 'exited' END, time_ms, id FROM events"
-            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND {_AUDIENCE} = ?3 ORDER BY seq DESC LIMIT ?4",
-            (entered, exited, audience, limit),
+            "SELECT user_id, CASE WHEN name = ? THEN 'entered' ELSE 'exited' END, time_ms, id FROM events"
+            f" WHERE name IN (?, ?) AND source = 'loopwire' AND {named} = ? ORDER BY seq DESC LIMIT ?",
+            (entered, entered, exited, audience, limit),
         ).fetchall()
-        return hourly, recent
+        return [tuple(row) for row in hourly], [tuple(row) for row in recent]
 
     return store.read(query)
 

@@ -126,7 +126,10 @@ def of(store: Store) -> Graph:
         with _opening:
             graph = store.companions.get("identity")
             if graph is None:
-                graph = store.companions["identity"] = Graph(graph_path(store.path))
+                # On PostgreSQL the graph is not kept yet (issue 11; config.py turns `identity.graph`
+                # off there): an empty one, so a lookup falls back to the user id it is given.
+                where = graph_path(store.path) if store.dialect == "sqlite" else ":memory:"
+                graph = store.companions["identity"] = Graph(where)
     assert isinstance(graph, Graph)
     return graph
 
@@ -393,6 +396,13 @@ def user_has_events(store: Store, user_id: str) -> bool:
     )
 
 
+# The integers of a JSON array bound as one parameter (one statement whatever their number).
+_JSON_INTS = {
+    "sqlite": "SELECT value FROM json_each(?)",
+    "postgres": "SELECT value::bigint FROM json_array_elements_text(?::json)",
+}
+
+
 def _key(source: str, kind: str, channel: str | None, metric: str | None, name: str | None) -> str:
     # model.event_key on the columns
     if source == "customerio" and channel is not None:
@@ -419,6 +429,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
         return found
 
     seqs = of(store).read(seqs_of)
+    json_ints = _JSON_INTS[store.dialect]
 
     def query(c: Connection) -> list[EventRow]:
         rows: dict[int, Any] = {}
@@ -430,8 +441,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
                 ):
                     rows[row[0]] = row
         for row in c.execute(
-            f"SELECT {columns} FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-            (_JSON(seqs).decode(),),
+            f"SELECT {columns} FROM events WHERE seq IN ({json_ints})", (_JSON(seqs).decode(),)
         ):
             rows[row[0]] = row
         newest = sorted(rows.values(), key=lambda r: (r[1], r[0]), reverse=True)[:limit]
@@ -448,13 +458,14 @@ def deliveries(store: Store, seqs: Sequence[int], dests: Sequence[str]) -> dict[
     if not seqs:
         return {}
     chunk = _JSON(list(seqs)).decode()
+    json_ints = _JSON_INTS[store.dialect]
 
     def query(c: Connection) -> dict[int, dict[str, Delivery]]:
         found: dict[int, dict[str, Delivery]] = {}
         for dest in dests:
             for seq, state, attempts, updated, reason, response in c.execute(
                 "SELECT seq, state, attempts, updated_ms, reason, response FROM outbox"
-                " WHERE dest = ? AND seq IN (SELECT value FROM json_each(?))",
+                f" WHERE dest = ? AND seq IN ({json_ints})",
                 (dest, chunk),
             ):
                 found.setdefault(seq, {})[dest] = Delivery(state, attempts, updated, reason, response)

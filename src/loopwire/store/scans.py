@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from loopwire.model import event_pattern
 from loopwire.store.audiences import Membership
-from loopwire.store.base import ScanTarget
+from loopwire.store.base import Dialect, Reader, ScanTarget
 from loopwire.store.sqlite import connect
 
 MMAP_BYTES = 1 << 34  # read the file through the page cache without copying (SQLite caps it)
@@ -43,23 +43,54 @@ class ScanFilter(NamedTuple):
 Term = tuple[str, tuple[str, ...]]  # SQL and its parameters
 
 
-def _column_matches(column: str, names: Iterable[str], null_as: str | None = None) -> Term:
+class _Dialect(NamedTuple):
+    """What the scans' SQL says differently on each database."""
+
+    true: str
+    false: str
+    glob: str  # a column matching one `model.event_pattern` glob, as SQL with one `?`
+    # SQLite: the pass over a range of seqs reads the table in file order, not through an index
+    not_indexed: str
+    collate: str  # user ids compared and cut as Python compares them (code point order)
+
+
+def _like(pattern: str) -> str:
+    """A `model.event_pattern` glob as a PostgreSQL LIKE pattern (backslash escapes)."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+_DIALECTS = {
+    "sqlite": _Dialect("1", "0", "GLOB ?", " NOT INDEXED", ""),
+    "postgres": _Dialect("TRUE", "FALSE", "LIKE ?", "", ' COLLATE "C"'),
+}
+
+
+def _glob_arg(dialect: Dialect, pattern: str) -> str:
+    # SQLite's GLOB has the same wildcards once `[` is made literal
+    return pattern.replace("[", "[[]") if dialect == "sqlite" else _like(pattern)
+
+
+def _column_matches(
+    column: str, names: Iterable[str], null_as: str | None = None, dialect: Dialect = "sqlite"
+) -> Term:
     """`column` matches one of these `model.event_pattern` names or globs, in SQL: one IN for the
-    plain names, an SQLite GLOB per glob (the same wildcards, once `[` is made literal). `null_as`:
-    the text a NULL stands for in the event key."""
+    plain names, a GLOB (SQLite) or LIKE (PostgreSQL) per glob. `null_as`: the text a NULL stands
+    for in the event key."""
+    sql = _DIALECTS[dialect]
     given = sorted(set(names))
     if any(name and not name.strip("*") for name in given):
-        return "1", ()
+        return sql.true, ()
     exact = [name for name in given if not _WILDCARD.search(name)]
     globs = [name for name in given if _WILDCARD.search(name)]
     terms = [f"{column} IN ({', '.join('?' * len(exact))})"] if exact else []
-    terms += [f"{column} GLOB ?"] * len(globs)
+    terms += [f"{column} {sql.glob}"] * len(globs)
     if null_as is not None and any(event_pattern(name).fullmatch(null_as) for name in given):
         terms.append(f"{column} IS NULL")
-    return " OR ".join(terms) or "0", (*exact, *(name.replace("[", "[[]") for name in globs))
+    return " OR ".join(terms) or sql.false, (*exact, *(_glob_arg(dialect, name) for name in globs))
 
 
-def _message_matches(names: Iterable[str]) -> Term:
+def _message_matches(names: Iterable[str], dialect: Dialect = "sqlite") -> Term:
     """`channel.metric` matches one of the names or globs, on the two columns (no string is built per
     row): the dot between them is matched by a dot of a name, by a `?`, or inside a `*`, which then
     matches the end of the channel and the start of the metric."""
@@ -71,48 +102,55 @@ def _message_matches(names: Iterable[str]) -> Term:
                 metrics.setdefault(channel, set()).add(metric)
     terms: list[str] = []
     args: list[str] = []
+    every = _DIALECTS[dialect].true
     for channel, metric_names in sorted(metrics.items(), key=lambda item: bool(item[0].strip("*"))):
-        metric_sql, metric_args = _column_matches("metric", metric_names, null_as="None")  # f"{None}"
-        channel_sql, channel_args = _column_matches("channel", [channel])
-        terms.append(f"({metric_sql})" if channel_sql == "1" else f"({channel_sql}) AND ({metric_sql})")
-        args += [*channel_args, *metric_args] if channel_sql != "1" else metric_args
-    return " OR ".join(terms) or "0", tuple(args)
+        metric_sql, metric_args = _column_matches("metric", metric_names, "None", dialect)  # f"{None}"
+        channel_sql, channel_args = _column_matches("channel", [channel], dialect=dialect)
+        terms.append(f"({metric_sql})" if channel_sql == every else f"({channel_sql}) AND ({metric_sql})")
+        args += [*channel_args, *metric_args] if channel_sql != every else metric_args
+    return " OR ".join(terms) or _DIALECTS[dialect].false, tuple(args)
 
 
-def matches_sql(names: Iterable[str]) -> Term:
+def matches_sql(names: Iterable[str], dialect: Dialect = "sqlite") -> Term:
     """An SQL condition on a log row, and its parameters: the row's event key (`model.event_key`)
     matches one of these names or globs."""
     given = set(names)
-    message, message_args = _message_matches(given)
-    named, named_args = _column_matches("name", given)
-    kind, kind_args = _column_matches("kind", given)
+    message, message_args = _message_matches(given, dialect)
+    named, named_args = _column_matches("name", given, dialect=dialect)
+    kind, kind_args = _column_matches("kind", given, dialect=dialect)
     condition = f"CASE WHEN {_IS_MESSAGE} THEN ({message}) WHEN name <> '' THEN ({named}) ELSE ({kind}) END"
     return condition, (*message_args, *named_args, *kind_args)
 
 
-def _in_range(sql: str, args: tuple[Any, ...], lo: Bound, hi: Bound) -> tuple[str, tuple[Any, ...]]:
+def _in_range(
+    sql: str, args: tuple[Any, ...], lo: Bound, hi: Bound, dialect: Dialect
+) -> tuple[str, tuple[Any, ...]]:
+    collate = _DIALECTS[dialect].collate
     if lo is not None:
-        sql, args = sql + " AND user_id >= ?", (*args, lo)
+        sql, args = sql + f" AND user_id{collate} >= ?", (*args, lo)
     if hi is not None:
-        sql, args = sql + " AND user_id < ?", (*args, hi)
+        sql, args = sql + f" AND user_id{collate} < ?", (*args, hi)
     return sql, args
 
 
-def _selected_sql(wanted: ScanFilter, now_ms: int, first: int, last: int) -> tuple[str, tuple[Any, ...]]:
+def _selected_sql(
+    wanted: ScanFilter, now_ms: int, first: int, last: int, dialect: Dialect
+) -> tuple[str, tuple[Any, ...]]:
     keep: list[str] = []
     keep_args: list[Any] = []
     for horizon, names in wanted.keep:
-        condition, args = matches_sql(names)
+        condition, args = matches_sql(names, dialect)
         keep.append(f"({condition})" if horizon is None else f"(time_ms > ? AND ({condition}))")
         keep_args += args if horizon is None else [now_ms - horizon, *args]
-    decode, decode_args = matches_sql(wanted.decode)
+    decode, decode_args = matches_sql(wanted.decode, dialect)
     if wanted.profile:
         keep.append(f"({_PROFILE_ROW})")
         decode = f"({decode}) OR {_PROFILE_ROW}"
     columns = f"user_id, time_ms, source, kind, channel, metric, name, CASE WHEN {decode} THEN body END"
+    sql = _DIALECTS[dialect]
     return (
-        f"SELECT {columns} FROM events NOT INDEXED WHERE seq BETWEEN ? AND ? AND user_id IS NOT NULL"
-        f" AND (source = ? OR {' OR '.join(keep) or '0'})",
+        f"SELECT {columns} FROM events{sql.not_indexed} WHERE seq BETWEEN ? AND ? AND user_id IS NOT NULL"
+        f" AND (source = ? OR {' OR '.join(keep) or sql.false})",
         (*decode_args, first, last, wanted.own_source, *keep_args),
     )
 
@@ -129,18 +167,30 @@ class LogScan:
     """A recompute worker's read-only view of the log, opened in its own process."""
 
     def __init__(self, target: ScanTarget) -> None:
-        self._conn = read_connection(target.where)
+        self._dialect: Dialect = target.dialect
+        self._conn: Reader
+        if target.dialect == "sqlite":
+            self._conn = read_connection(target.where)
+        else:
+            from loopwire.store.postgres import scan_connection  # psycopg: the `postgres` extra
+
+            self._conn = scan_connection(target.where)
 
     def rows(self, wanted: ScanFilter, now_ms: int, first: int, last: int) -> Iterator[ScanRow]:
         """One pass over the rows with seqs in [first, last] that `wanted` asks for, in log order."""
-        return iter(self._conn.execute(*_selected_sql(wanted, now_ms, first, last)))
+        return iter(self._conn.execute(*_selected_sql(wanted, now_ms, first, last, self._dialect)))
 
     def people(self, lo: Bound, hi: Bound, last_seq: int) -> Iterator[tuple[str, int]]:
         """Every user with an id in [lo, hi) and their number of events up to `last_seq`, in id order,
         from the `events_user` index alone (loopwire's own events included)."""
-        sql, args = _in_range("SELECT user_id, COUNT(*) FROM events WHERE user_id IS NOT NULL", (), lo, hi)
+        sql, args = _in_range(
+            "SELECT user_id, COUNT(*) FROM events WHERE user_id IS NOT NULL", (), lo, hi, self._dialect
+        )
+        collate = _DIALECTS[self._dialect].collate
         return iter(
-            self._conn.execute(sql + " AND seq <= ? GROUP BY user_id ORDER BY user_id", (*args, last_seq))
+            self._conn.execute(
+                sql + f" AND seq <= ? GROUP BY user_id ORDER BY user_id{collate}", (*args, last_seq)
+            )
         )
 
     def memberships(self, audiences: Iterable[str], lo: Bound, hi: Bound) -> dict[str, dict[str, Membership]]:
@@ -152,6 +202,7 @@ class LogScan:
                 (audience,),
                 lo,
                 hi,
+                self._dialect,
             )
             for user_id, member, version, state, changes, since in self._conn.execute(sql, args):
                 found.setdefault(user_id, {})[audience] = Membership(
