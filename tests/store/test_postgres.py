@@ -109,3 +109,48 @@ def test_a_second_open_migrates_nothing_and_the_dsn_is_never_its_name(pg_dsn: st
     assert "hunter2" not in store.path and store.path.startswith("loopwire_")
     assert describe("postgresql://ops:s3cret@db.internal:6432/loopwire") == "loopwire@db.internal:6432"
     store.close()
+
+
+def test_a_resumed_destination_puts_back_only_this_nodes_rows(pg_dsn: str) -> None:
+    here, there = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    here.append_sync([event(n) for n in range(4)], [["amplitude"]] * 4)
+    asyncio.run(here.claim("amplitude", 1, now_ms=10_000))
+    asyncio.run(there.claim("amplitude", 2, now_ms=10_000))
+    assert here.requeue_in_flight("amplitude") == 1
+    assert there.counts()["amplitude"] == {
+        "pending": 2,
+        "in_flight": 2,
+        "delivered": 0,
+        "dead": 0,
+        "skipped": 0,
+    }
+    here.close()
+    there.close()
+
+
+def test_one_node_at_a_time_leads_and_a_stopped_leader_hands_on(pg_dsn: str) -> None:
+    from collections.abc import Sequence
+
+    from loopwire.audiences.engine import Engine
+    from loopwire.audiences.holdouts import Experiment
+    from loopwire.model import Event
+
+    first, second = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    assert first.lead("audiences") and first.lead("audiences")
+    assert not second.lead("audiences")
+    assert second.lead("identity")  # another role, another lock
+
+    def engine(store: PostgresStore) -> Engine:
+        async def ingest(events: Sequence[Event]) -> list[bool]:
+            return await store.append(events, [[] for _ in events])
+
+        return Engine(store, {"cart": Experiment(name="Cart", salt="s", holdout_percent=10)}, ingest)
+
+    second.append_sync([event(n) for n in range(3)], [[]] * 3)
+    assert asyncio.run(engine(second).run_once()) == 0  # not the leader: leaves the log alone
+    assert asyncio.run(engine(first).run_once()) > 0
+    first.close()
+    third = PostgresStore(pg_dsn)
+    assert second.lead("audiences") and not third.lead("audiences")
+    second.close()
+    third.close()

@@ -115,6 +115,12 @@ class Store(Protocol):
 
     def scan_target(self) -> ScanTarget: ...
 
+    def lead(self, role: str) -> bool:
+        """Whether this process is the one that does `role` (the audience engine follows the log
+        once, not once per node). Once true it stays true while the store is open; a node that
+        stops or dies hands it on to the next to ask."""
+        ...
+
     # -- outboxes -------------------------------------------------------------------------------
     async def claim(self, dest: str, limit: int, now_ms: int) -> list[Claimed]:
         """Up to `limit` due rows of `dest`, oldest due first, now in flight (no other claim, in
@@ -136,6 +142,11 @@ class Store(Protocol):
     def reasons(self, state: str) -> list[tuple[str, str, int]]: ...
 
     def dead_letters(self, dest: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def requeue_in_flight(self, dest: str) -> int:
+        """The rows of `dest` this process's couriers left in flight (a courier stopped: the
+        destination was paused), pending again; rows in flight at other nodes are theirs."""
+        ...
 
     def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int: ...
 

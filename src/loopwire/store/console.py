@@ -153,15 +153,7 @@ def set_paused(store: Store, dest: str, pause: bool, now_ms: int) -> None:
 
 def requeue_in_flight(store: Store, dest: str) -> int:
     """Rows a stopped courier left in flight, pending again (only while no courier runs for `dest`)."""
-    return int(
-        store.run(
-            lambda c: (
-                c.execute(
-                    "UPDATE outbox SET state = 'pending' WHERE dest = ? AND state = 'in_flight'", (dest,)
-                ).rowcount
-            )
-        )
-    )
+    return store.requeue_in_flight(dest)
 
 
 # -- audiences -------------------------------------------------------------------------------------

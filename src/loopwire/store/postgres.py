@@ -14,6 +14,8 @@ The same guarantees as the SQLite store (store/sqlite.py), the same shape:
   by seq and never skip a row committed late.
 - **Claims never overlap.** A claim is `FOR UPDATE SKIP LOCKED` over the destination's due rows in
   (next_ms, seq) order, the order of SQLite's claims, and marks them in flight with the node's id.
+- **One leader per role.** The audience engine follows the log on one node at a time: the first to
+  take a session advisory lock for it (`lead`), until that node stops or dies.
 - **Recovery only of the dead.** Each node holds a session advisory lock on its own id for as long
   as it runs (a connection of its own); a node that starts puts back to pending only the in-flight
   rows whose node's lock is free (a node that crashed or was killed: its connection went with it).
@@ -43,7 +45,7 @@ from psycopg_pool import ConnectionPool
 
 from loopwire.model import Event, encode_event
 from loopwire.store.base import STATES, Claimed, ScanTarget, Settlement
-from loopwire.store.postgres_schema import APPEND_LOCK, migrate
+from loopwire.store.postgres_schema import APPEND_LOCK, lead_lock, migrate
 
 # the SQLite writer's helpers that hand results to waiting threads and event loops
 from loopwire.store.sqlite import Sink, _fail_all, _settle_futures
@@ -240,6 +242,7 @@ class Store:
         self._thread.start()
         self.commits = 0
         self.companions: dict[str, Any] = {}
+        self._leading: set[str] = set()
 
     @property
     def dialect(self) -> Literal["postgres"]:
@@ -386,6 +389,15 @@ class Store:
             ).fetchall()
         return [(int(seq), bytes(body)) for seq, body in rows]
 
+    def lead(self, role: str) -> bool:
+        # a session lock of the lease connection: freed when this node stops or dies
+        if role not in self._leading:
+            row = self._lease.execute("SELECT pg_try_advisory_lock(%s)", (lead_lock(role),)).fetchone()
+            if row is not None and row[0]:
+                self._leading.add(role)
+                log.info("this node now runs the %s (it holds the lead on %s)", role, self.path)
+        return role in self._leading
+
     # -- outboxes ------------------------------------------------------------------------------
     async def claim(self, dest: str, limit: int, now_ms: int) -> list[Claimed]:
         args = {"dest": dest, "now": now_ms, "limit": limit, "node": self._node}
@@ -489,6 +501,19 @@ class Store:
         with self._raw() as conn:
             rows = conn.execute(sql, args).fetchall()
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def requeue_in_flight(self, dest: str) -> int:
+        return int(
+            self.run(
+                lambda conn: (
+                    conn.raw.execute(
+                        "UPDATE outbox SET state = 'pending', claimed_by = NULL"
+                        " WHERE dest = %s AND state = 'in_flight' AND claimed_by = %s",
+                        (dest, self._node),
+                    ).rowcount
+                )
+            )
+        )
 
     def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int:
         sql = (

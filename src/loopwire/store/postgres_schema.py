@@ -17,6 +17,7 @@ What differs, and why:
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 _FINAL = "('delivered', 'dead', 'skipped')"
@@ -216,6 +217,12 @@ MIGRATIONS: tuple[str, ...] = (
 _LOCKS = 0x6C6F6F7077697265 & ~0xFF
 MIGRATE_LOCK = _LOCKS | 1
 APPEND_LOCK = _LOCKS | 2
+
+
+def lead_lock(role: str) -> int:
+    """The session lock held by the one node that does `role` (two roles sharing one only means
+    that one node leads both)."""
+    return _LOCKS | 0x80 | (zlib.crc32(role.encode()) & 0x7F)
 
 
 def migrate(conn: Any) -> int:

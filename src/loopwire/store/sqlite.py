@@ -401,6 +401,21 @@ class Store:
         )
         return rows
 
+    def lead(self, role: str) -> bool:
+        return True  # one server per SQLite file
+
+    def requeue_in_flight(self, dest: str) -> int:
+        # one process sends from a SQLite store: every row in flight is this one's
+        return int(
+            self.run(
+                lambda c: (
+                    c.execute(
+                        "UPDATE outbox SET state = 'pending' WHERE dest = ? AND state = 'in_flight'", (dest,)
+                    ).rowcount
+                )
+            )
+        )
+
     def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int:
         """Put logged events into a destination's outbox (backfill). Rows already there are left as
         they are unless `resend`, which makes them pending again with fresh attempts."""
