@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from loopwire.audiences.definitions import AudienceDefinition
     from loopwire.audiences.recompute import RecomputeStats
     from loopwire.model import Event
-    from loopwire.store import Store
+    from loopwire.store import SQLiteStore
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -441,8 +441,8 @@ def plain_range(path: str, first: int, last: int) -> int:
     """The baseline's work on one part of the log, read as the recompute reads it (one pass over the
     rows with seqs in [first, last]): every event of a person returned, every body decoded, nothing
     else."""
-    from loopwire.audiences.recompute import read_connection
     from loopwire.model import decode_event
+    from loopwire.store.scans import read_connection
 
     conn = read_connection(path)
     count = 0
@@ -466,9 +466,10 @@ def plain_range(path: str, first: int, last: int) -> int:
 def plain_pass(path: str, workers: int) -> tuple[float, int]:
     """The same parts of the log over the same number of spawned workers as the recompute."""
     from loopwire.audiences.recompute import seq_parts
+    from loopwire.store.base import ScanTarget
 
     began = time.perf_counter()
-    parts, _ = seq_parts(path, workers)
+    parts, _ = seq_parts(ScanTarget("sqlite", path), workers)
     if len(parts) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -488,7 +489,7 @@ def warm(path: Path) -> float:
     return time.perf_counter() - began
 
 
-def full_recompute(store: Store, workers: int, rounds: int, deadline: float) -> dict[str, Any]:
+def full_recompute(store: SQLiteStore, workers: int, rounds: int, deadline: float) -> dict[str, Any]:
     """`rounds` rounds (fewer when the next would end past `deadline`; at least one), each side once
     per round, the order alternating; the best of each side is kept."""
     from loopwire.audiences.recompute import recompute
@@ -552,7 +553,7 @@ def new_events(people: Sequence[str], until_ms: int, log: Log) -> list[Event]:
     return found
 
 
-async def incremental(store: Store, rounds: int) -> dict[str, Any]:
+async def incremental(store: SQLiteStore, rounds: int) -> dict[str, Any]:
     """Catch the engine up (cursor at the end of the log, then one warm-up event for each of the
     people, evaluated and recorded), then per round: 1,000 new events for the same people, one
     `run_once` timed, beside reading and decoding those events."""
@@ -654,7 +655,7 @@ def open_log(directory: Path, events: int, profiles: int) -> tuple[Path, dict[st
     return path, {**built, "cached": False}, True
 
 
-def restore(store: Store, last_seq: int) -> None:
+def restore(store: SQLiteStore, last_seq: int) -> None:
     """Undo what the incremental update wrote into a cached log: the events after `last_seq` and the
     engine's state (memberships, timers, its cursor), which a freshly built log does not have."""
 
@@ -670,13 +671,13 @@ def restore(store: Store, last_seq: int) -> None:
 def measure(
     directory: Path, events: int, profiles: int, workers: int, rounds: int, deadline: float
 ) -> dict[str, Any]:
-    from loopwire.store import Store
+    from loopwire.store import SQLiteStore
 
     began = time.perf_counter()
     path, built, cached = open_log(directory, events, profiles)
     opened = time.perf_counter()
     warm_s = warm(path)
-    store = Store(path)
+    store = SQLiteStore(path)
     try:
         full = full_recompute(store, workers, rounds, deadline)
         last_seq = store.run(lambda c: c.execute("SELECT MAX(seq) FROM events").fetchone()[0])

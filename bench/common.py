@@ -259,10 +259,10 @@ LOOPWIRE_ENV = {"CIO_WEBHOOK_SIGNING_KEY": SIGNING_KEY, "AMPLITUDE_API_KEY": API
 def mark_identity_folded(store: Path, events: int) -> None:
     """Mark the identity graph of a log built by SQL as folded up to `events`: the follower then
     folds only what a run adds (the graph's own cost is bench/identity_cost.py's subject)."""
-    from loopwire.store import Store
+    from loopwire.store import SQLiteStore
     from loopwire.store import identity as graph
 
-    opened = Store(store, recover=False)
+    opened = SQLiteStore(store, recover=False)
     try:
         graph.of(opened).run(
             lambda c: c.execute("INSERT OR REPLACE INTO id_cursor (id, seq) VALUES (1, ?)", (events,))

@@ -28,7 +28,7 @@ from bench.common import PYTHON, Result, free_port, report, serve
 from loopwire.analysis.inputs import lift_report
 from loopwire.config import parse_config
 from loopwire.pipeline.identity_graph import Follower
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 
 TARGET_MS = 300.0
 REPEAT = 15
@@ -101,7 +101,7 @@ FROM rows
 
 
 def build(path: Path, events: int) -> None:
-    Store(path).close()  # loopwire's schema, tally and triggers
+    SQLiteStore(path).close()  # loopwire's schema, tally and triggers
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     start_ms = int(time.time() * 1000) - WEEK_MS
@@ -143,7 +143,7 @@ def build(path: Path, events: int) -> None:
     # the engine has read the whole log: it does not start on a million events during the run
     conn.execute("INSERT INTO cursors (name, seq) VALUES ('audiences', ?)", (events,))
     conn.close()
-    store = Store(path, recover=False)  # the identity graph, folded as the server's follower does
+    store = SQLiteStore(path, recover=False)  # the identity graph, folded as the server's follower does
     try:
         follower = Follower(store)
         while follower.fold_once():
@@ -192,7 +192,7 @@ def lift_compute_ms(folder: Path, path: Path) -> float:
     """The experiments page shows a lift report computed in the background (web/lift_cache.py):
     what that computation costs, in this process, median of 3."""
     config = parse_config(CONFIG.format(path=path), env={})
-    store = Store(path, recover=False)
+    store = SQLiteStore(path, recover=False)
     try:
         times = []
         for _ in range(3):
@@ -211,7 +211,7 @@ def run(events: int = 1_000_000) -> list[Result]:
         started = time.perf_counter()
         build(big, events)
         built_s = time.perf_counter() - started
-        Store(empty).close()
+        SQLiteStore(empty).close()
         on_empty = measure(folder, empty, "empty")
         on_big = measure(folder, big, "big")
         lift_ms, lift_empty_ms = lift_compute_ms(folder, big), lift_compute_ms(folder, empty)

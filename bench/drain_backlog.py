@@ -69,10 +69,10 @@ def backlog(count: int, now: float) -> tuple[list[Any], int]:
 
 
 def fill_store(db: Path, events: list[Any]) -> float:
-    from loopwire.store import Store
+    from loopwire.store import SQLiteStore
 
     started = time.monotonic()
-    store = Store(db)
+    store = SQLiteStore(db)
     try:
         for i in range(0, len(events), CHUNK):
             chunk = events[i : i + CHUNK]

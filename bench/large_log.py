@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.common import Result, WrkRun, mark_identity_folded, report
 from bench.webhook_ingest import USERS, loopwire_run, write_requests
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 
 RATIO_TARGET = 0.85
 BODY_BYTES = 550
@@ -35,7 +35,7 @@ DAY_MS = 86_400_000
 
 
 def build(path: Path, events: int, now_ms: int) -> None:
-    Store(path).close()  # loopwire's schema, indexes and triggers
+    SQLiteStore(path).close()  # loopwire's schema, indexes and triggers
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     start_ms = now_ms - 30 * DAY_MS

@@ -26,7 +26,7 @@ from typing import Any
 from bench.common import Result, report
 from loopwire.app import monitoring_snapshot, status_report
 from loopwire.config import parse_config
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 
 DESTS = ("amplitude", "segment", "customerio")
 TARGET_MS = 50.0
@@ -40,7 +40,7 @@ destinations:
 
 
 def build(path: Path, events: int) -> None:
-    Store(path).close()  # loopwire's schema, tally and triggers
+    SQLiteStore(path).close()  # loopwire's schema, tally and triggers
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     chunk = 500_000
@@ -72,7 +72,7 @@ def build(path: Path, events: int) -> None:
     conn.close()
 
 
-def full_counts(store: Store) -> dict[str, Any]:
+def full_counts(store: SQLiteStore) -> dict[str, Any]:
     """The status read as it was before the tally: every row counted."""
 
     def query(c: sqlite3.Connection) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def run(events: int = 2_000_000) -> list[Result]:
         started = time.perf_counter()
         build(path, events)
         built_s = time.perf_counter() - started
-        store = Store(path, recover=False)
+        store = SQLiteStore(path, recover=False)
         try:
             status = status_report(store, config.destinations)
             full = full_counts(store)

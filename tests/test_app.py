@@ -1,4 +1,5 @@
-"""End to end over real HTTP on loopback: signed webhooks into loopwire, delivery into the sandbox."""
+"""End to end over real HTTP on loopback: signed webhooks into loopwire, delivery into the sandbox,
+on both stores (SQLite, and PostgreSQL: `both_backends` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import API_KEY, SIGNING_KEY, Clock, post, wait_until
+from tests.conftest import API_KEY, SIGNING_KEY, Clock, StoreSection, post, wait_until
 from tests.helpers.cio import encode, signed_headers, webhook
 from tests.helpers.console import login
+
+
+@pytest.fixture
+def store_section(both_backends: StoreSection) -> StoreSection:
+    return both_backends
 
 
 def send(url: str, doc: dict[str, Any], key: str = SIGNING_KEY, now: float | None = None) -> httpx.Response:
@@ -53,12 +60,12 @@ def test_redelivered_event_is_stored_and_sent_once(loopwire: Any, sandbox: Any) 
     assert 'loopwire_ingest_duplicate_events_total{source="customerio"} 1.0' in metrics
 
 
-def test_rotated_keys_both_verify(tmp_path: Any, sandbox: Any, clock: Clock) -> None:
+def test_rotated_keys_both_verify(store_section: StoreSection, sandbox: Any, clock: Clock) -> None:
     from loopwire.app import create_app
     from tests.conftest import make_config
     from tests.helpers.servers import serve_app
 
-    config = make_config(tmp_path / "x.db", sandbox[1], signing_keys=["old-key", "${CIO_KEY}"])
+    config = make_config(store_section, sandbox[1], signing_keys=["old-key", "${CIO_KEY}"])
     with serve_app(create_app(config, clock=clock)) as url:
         assert send(url, webhook(), key="old-key").status_code == 200
         assert send(url, webhook(), key=SIGNING_KEY).status_code == 200
@@ -220,7 +227,7 @@ def test_past_max_age_an_event_is_dead_lettered_with_its_last_response(
     assert len(box.events) == 1
 
 
-def test_invalid_api_key_dead_letters_with_advice(tmp_path: Any, clock: Clock) -> None:
+def test_invalid_api_key_dead_letters_with_advice(store_section: StoreSection, clock: Clock) -> None:
     from loopwire.app import create_app
     from loopwire.sandbox.amplitude import AmplitudeSandbox
     from tests.conftest import make_config
@@ -228,7 +235,7 @@ def test_invalid_api_key_dead_letters_with_advice(tmp_path: Any, clock: Clock) -
 
     box = AmplitudeSandbox(api_keys=frozenset({"some-other-key"}))
     with serve_app(box.app) as sandbox_url:
-        config = make_config(tmp_path / "x.db", sandbox_url)
+        config = make_config(store_section, sandbox_url)
         app = create_app(config, clock=clock)
         with serve_app(app) as url:
             send(url, webhook())
@@ -330,3 +337,11 @@ def test_a_paused_destination_queues_and_sends_after_resuming(loopwire: Any, san
         with login(url) as operator:
             assert operator.get("/api/status").json()["paused"] == []
     assert sorted(e["insert_id"] for e in box.events) == sorted(d["event_id"] for d in docs)
+
+
+def test_it_runs_on_the_store_the_config_names(loopwire: Any, store_section: StoreSection) -> None:
+    with loopwire() as (url, runtime):
+        assert runtime.store.dialect == store_section.section.get("type", "sqlite")
+        assert all(dsn not in runtime.store.path for dsn in store_section.env.values())
+        assert send(url, webhook()).status_code == 200
+        wait_until(lambda: delivered(runtime) == 1, what="the delivery")

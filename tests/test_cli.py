@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from loopwire.cli import app
 from loopwire.model import Event
-from loopwire.store import Settlement, Store
+from loopwire.store import Settlement, SQLiteStore, Store
 from tests.conftest import API_KEY
 
 REFERENCE = (
@@ -22,14 +23,37 @@ REFERENCE = (
 runner = CliRunner()
 
 
+class CliStore(NamedTuple):
+    """The store a test's config names, and how the test opens it to seed it or look at it."""
+
+    section: dict[str, Any]
+    open: Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cli_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: Any) -> CliStore:
+    """A SQLite file, or a PostgreSQL database named as users name it (`${LOOPWIRE_PG_DSN}`)."""
+    if request.param == "sqlite":
+        path = tmp_path / "loopwire.db"
+        return CliStore({"path": str(path)}, lambda: SQLiteStore(path))
+    from loopwire.store.postgres import Store as PostgresStore
+
+    dsn = request.getfixturevalue("pg_dsn")
+    monkeypatch.setenv("LOOPWIRE_PG_DSN", dsn)
+    return CliStore({"type": "postgres", "dsn": "${LOOPWIRE_PG_DSN}"}, lambda: PostgresStore(dsn))
+
+
 def write_config(
-    tmp_path: Path, sandbox_url: str = "http://127.0.0.1:9", api_key: str = "${AMP_KEY}"
+    tmp_path: Path,
+    sandbox_url: str = "http://127.0.0.1:9",
+    api_key: str = "${AMP_KEY}",
+    store: dict[str, Any] | None = None,
 ) -> Path:
     path = tmp_path / "loopwire.yaml"
     path.write_text(
         yaml.safe_dump(
             {
-                "store": {"path": str(tmp_path / "loopwire.db")},
+                "store": store or {"path": str(tmp_path / "loopwire.db")},
                 "destinations": {
                     "amplitude": {
                         "type": "amplitude",
@@ -116,8 +140,8 @@ def test_config_error_names_key_and_line(tmp_path: Path) -> None:
     assert "server.colour" in result.output and "line 3" in result.output
 
 
-def seeded_store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "loopwire.db")
+def seeded_store(cli_store: CliStore) -> Store:
+    store = cli_store.open()
     events = [
         Event(
             id=f"evt-{n}",
@@ -141,10 +165,10 @@ def seeded_store(tmp_path: Path) -> Store:
     return store
 
 
-def test_status_dlq_list_and_replay(tmp_path: Path, monkeypatch: Any) -> None:
+def test_status_dlq_list_and_replay(tmp_path: Path, monkeypatch: Any, cli_store: CliStore) -> None:
     monkeypatch.setenv("AMP_KEY", API_KEY)
-    config = write_config(tmp_path)
-    seeded_store(tmp_path).close()
+    config = write_config(tmp_path, store=cli_store.section)
+    seeded_store(cli_store).close()
 
     status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).stdout)
     assert status["events"] == 3
@@ -190,10 +214,12 @@ def test_test_connection_reports_success_and_refusal(tmp_path: Path, sandbox: An
     assert "400" in refused.output and "wrong-key-12345" not in refused.output
 
 
-def test_backfill_queues_history_the_route_takes(tmp_path: Path, monkeypatch: Any) -> None:
+def test_backfill_queues_history_the_route_takes(
+    tmp_path: Path, monkeypatch: Any, cli_store: CliStore
+) -> None:
     monkeypatch.setenv("AMP_KEY", API_KEY)
-    config = write_config(tmp_path)
-    store = Store(tmp_path / "loopwire.db")
+    config = write_config(tmp_path, store=cli_store.section)
+    store = cli_store.open()
     old = [
         Event(
             id=f"old-{n}",
@@ -336,7 +362,9 @@ def test_test_connection_for_segment_and_customerio(tmp_path: Path, monkeypatch:
         assert refused.exit_code == 1 and "wrong-key" not in refused.output
 
 
-def test_lift_reads_the_store_and_renders_table_json_and_html(tmp_path: Path, monkeypatch: Any) -> None:
+def test_lift_reads_the_store_and_renders_table_json_and_html(
+    tmp_path: Path, monkeypatch: Any, cli_store: CliStore
+) -> None:
     from loopwire.audiences.holdouts import assign
 
     monkeypatch.setenv("AMP_KEY", API_KEY)
@@ -344,14 +372,14 @@ def test_lift_reads_the_store_and_renders_table_json_and_html(tmp_path: Path, mo
     path.write_text(
         yaml.safe_dump(
             {
-                "store": {"path": str(tmp_path / "loopwire.db")},
+                "store": cli_store.section,
                 "experiments": {
                     "cart": {"name": "Cart journey", "salt": "s1", "holdout_percent": 50, "window": "7d"}
                 },
             }
         )
     )
-    store = Store(tmp_path / "loopwire.db")
+    store = cli_store.open()
     day = 86_400_000
     users = [f"user-{n:03d}" for n in range(40)]
     groups = {u: assign(u, "s1", 50) for u in users}

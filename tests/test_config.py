@@ -99,3 +99,33 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
     assert set(config.audiences) == {"cart_abandoners", "recent_purchasers", "high_intent", "clickers"}
     assert config.experiments["cart_journey"].audience == "cart_abandoners"
+
+
+PG = "store:\n  type: postgres\n  dsn: ${LOOPWIRE_PG_DSN}\n"
+
+
+def test_a_postgres_store_takes_its_dsn_from_the_environment_and_never_prints_it() -> None:
+    config = parse_config(PG, env={"LOOPWIRE_PG_DSN": "postgresql://ops:s3cret@db/loopwire"})
+    assert config.store.type == "postgres" and config.store.dsn is not None
+    assert config.store.dsn.reveal() == "postgresql://ops:s3cret@db/loopwire"
+    assert "s3cret" not in repr(config) and "s3cret" not in str(config.store)
+    # what keeps files beside a SQLite log is off there by default (issue 11: not yet)
+    assert not config.server.ingest_process and not config.identity.graph
+    assert parse_config("", env={}).server.ingest_process  # and still on by default with SQLite
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        ("store:\n  type: postgres\n", "store", 1, "needs `dsn`"),
+        ("store:\n  dsn: x\n", "store", 1, "type: postgres"),
+        ("store:\n  type: mysql\n", "store.type", 2, "mysql"),
+        (PG + "server:\n  ingest_process: true\n", "server.ingest_process", 5, "SQLite store"),
+        (PG + "identity:\n  graph: true\n", "identity.graph", 5, "SQLite store"),
+    ],
+)
+def test_a_store_section_that_cannot_work_names_its_key(text: str, key: str, line: int, words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, env={"LOOPWIRE_PG_DSN": "dbname=x"})
+    assert (error.value.key, error.value.line) == (key, line)
+    assert words in str(error.value)

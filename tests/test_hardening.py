@@ -19,7 +19,7 @@ import pytest
 from loopwire import jsonsafe
 from loopwire.app import Runtime
 from loopwire.settings import Duration
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from tests.conftest import API_KEY, SIGNING_KEY, wait_until
 from tests.helpers.bridge import BASIC, WRITE_KEY, serve_bridge
 from tests.helpers.cio import encode, signed_headers, webhook
@@ -301,7 +301,7 @@ def test_the_key_is_checked_before_the_body_is_parsed(
 def test_the_store_and_its_wal_are_created_0600(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        store = Store(tmp_path / "private.db")
+        store = SQLiteStore(tmp_path / "private.db")
         store.run(lambda conn: conn.execute("INSERT INTO cursors (name, seq) VALUES ('x', 1)"))
         for suffix in ("", "-wal", "-shm"):
             mode = stat.S_IMODE((tmp_path / f"private.db{suffix}").stat().st_mode)
@@ -316,7 +316,7 @@ def test_an_existing_readable_store_is_warned_about(tmp_path: Path, caplog: pyte
     path.touch(mode=0o644)
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING, logger="loopwire.store"):
-        Store(path).close()
+        SQLiteStore(path).close()
     assert any("chmod 600" in record.getMessage() for record in caplog.records)
 
 

@@ -26,7 +26,7 @@ from loopwire.config import Config, parse_config
 from loopwire.errors import ConfigError
 from loopwire.model import Event
 from loopwire.pipeline.identity_graph import Follower
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from loopwire.store import identity as graph
 
 
@@ -119,7 +119,7 @@ def config(store: Path, primary: str = "user_id", graph_on: bool = True) -> Conf
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    store = Store(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "log.db")
     yield store
     store.close()
 
@@ -148,7 +148,7 @@ def test_identifiers_of_each_source() -> None:
     assert identity.identifiers_of(b"\x00") == identity.identifiers_of(b'{"source": 3}') == []
 
 
-def test_report_counts_every_planted_problem_exactly(store: Store, tmp_path: Path) -> None:
+def test_report_counts_every_planted_problem_exactly(store: SQLiteStore, tmp_path: Path) -> None:
     cfg = config(tmp_path / "log.db")
     store.append_sync(HISTORY, ROUTES)
     assert identity.report(store, cfg).lag_events == len(HISTORY)
@@ -178,7 +178,7 @@ def test_report_counts_every_planted_problem_exactly(store: Store, tmp_path: Pat
     }
 
 
-def test_primary_email_changes_who_lacks_it(store: Store, tmp_path: Path) -> None:
+def test_primary_email_changes_who_lacks_it(store: SQLiteStore, tmp_path: Path) -> None:
     store.append_sync(HISTORY, ROUTES)
     Follower(store).catch_up()
     report = identity.report(store, config(tmp_path / "log.db", primary="email"))
@@ -197,7 +197,7 @@ def _graph_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_follower_catches_up_after_restart_and_never_double_counts(tmp_path: Path) -> None:
     # One pass over everything, in a store of its own: the reference.
-    reference = Store(tmp_path / "reference.db")
+    reference = SQLiteStore(tmp_path / "reference.db")
     reference.append_sync(HISTORY, ROUTES)
     Follower(reference, batch=1000).catch_up()
     reference.close()
@@ -206,12 +206,12 @@ def test_follower_catches_up_after_restart_and_never_double_counts(tmp_path: Pat
     # The same history folded by a follower that stops after some batches, while more events
     # arrive, and by a new process (a new Store and follower) that goes on from its cursor.
     path = tmp_path / "log.db"
-    store = Store(path)
+    store = SQLiteStore(path)
     store.append_sync(HISTORY[:9], ROUTES[:9])
     first = Follower(store, batch=2)
     assert first.fold_once() == 2 and first.fold_once() == 2
     store.close()  # "crash": nothing of the follower survives but what it committed
-    store = Store(path)
+    store = SQLiteStore(path)
     store.append_sync(HISTORY[9:], ROUTES[9:])
     assert graph.cursor(store) == 4
     second = Follower(store, batch=3)
@@ -226,14 +226,14 @@ def test_follower_catches_up_after_restart_and_never_double_counts(tmp_path: Pat
 
 
 def test_a_batch_that_fails_to_commit_writes_nothing_and_is_folded_again(
-    store: Store, tmp_path: Path
+    store: SQLiteStore, tmp_path: Path
 ) -> None:
     store.append_sync(HISTORY, ROUTES)
     follower = Follower(store, batch=5)
     real_apply = graph.apply
     calls = {"n": 0}
 
-    def failing(store_: Store, fold: graph.Fold) -> None:
+    def failing(store_: SQLiteStore, fold: graph.Fold) -> None:
         calls["n"] += 1
         if calls["n"] == 2:  # the second batch: its job fails inside the transaction
 
@@ -257,7 +257,7 @@ def test_a_batch_that_fails_to_commit_writes_nothing_and_is_folded_again(
     assert (report.people, report.without_primary, report.untied_anonymous) == (8, 2, 2)
 
 
-def test_two_followers_at_once_fold_each_batch_once(store: Store, tmp_path: Path) -> None:
+def test_two_followers_at_once_fold_each_batch_once(store: SQLiteStore, tmp_path: Path) -> None:
     store.append_sync(HISTORY, ROUTES)
     one, two = Follower(store, batch=3), Follower(store, batch=3)
     # `two` plans from the same cursor as `one` but commits after it: its batch is refused.
@@ -271,7 +271,7 @@ def test_two_followers_at_once_fold_each_batch_once(store: Store, tmp_path: Path
     assert identity.report(store, config(tmp_path / "log.db")).people == 8
 
 
-def test_merging_people_keeps_the_tallies_right(store: Store, tmp_path: Path) -> None:
+def test_merging_people_keeps_the_tallies_right(store: SQLiteStore, tmp_path: Path) -> None:
     # Three people, then one event that ties all three together.
     events = [
         seg(1, "track", None, "s-a"),
@@ -302,7 +302,7 @@ def test_merging_people_keeps_the_tallies_right(store: Store, tmp_path: Path) ->
     }
 
 
-def test_person_by_any_identifier_with_events_and_deliveries(store: Store, tmp_path: Path) -> None:
+def test_person_by_any_identifier_with_events_and_deliveries(store: SQLiteStore, tmp_path: Path) -> None:
     import asyncio
 
     from loopwire.store import Settlement
@@ -343,7 +343,7 @@ def test_person_by_any_identifier_with_events_and_deliveries(store: Store, tmp_p
     assert late is not None and not late.in_graph and [e.event_id for e in late.events] == ["cio-30"]
 
 
-def test_report_and_person_encode_as_json(store: Store, tmp_path: Path) -> None:
+def test_report_and_person_encode_as_json(store: SQLiteStore, tmp_path: Path) -> None:
     import msgspec
 
     store.append_sync(HISTORY, ROUTES)
@@ -365,7 +365,7 @@ def test_identity_config_rejects_unknown_keys_and_blank_primary(tmp_path: Path) 
     assert identity.external_attribute(parse_config("identity: {primary: shop_id}", env={})) == "shop_id"
 
 
-def test_a_changed_external_attribute_rebuilds_the_graph(store: Store) -> None:
+def test_a_changed_external_attribute_rebuilds_the_graph(store: SQLiteStore) -> None:
     events = [seg(1, "identify", "u-1", None, shop_id="S1", crm_id="C1")]
     store.append_sync(events, [[]])
     Follower(store, external="shop_id").catch_up()
@@ -401,7 +401,7 @@ def test_identity_report_and_person_on_the_command_line(tmp_path: Path) -> None:
         },
     }
     cfg_file.write_text(yaml.safe_dump(document))
-    store = Store(path)
+    store = SQLiteStore(path)
     store.append_sync(HISTORY, ROUTES)
     store.close()
     runner = CliRunner()
@@ -417,7 +417,7 @@ def test_identity_report_and_person_on_the_command_line(tmp_path: Path) -> None:
     assert (found["email_on_many_users"], found["user_with_many_emails"]) == (1, 1)
     assert (found["without_primary"], found["untied_anonymous"]) == (2, 2)
     assert found["match_rates"] == {"amplitude": 5 / 8, "segment": 7 / 8, "ads": 4 / 8, "customerio": 4 / 8}
-    store = Store(path, recover=False)
+    store = SQLiteStore(path, recover=False)
     try:
         assert msgspec_roundtrip(identity.report(store, cfg)) == found  # the CLI's JSON is the report
     finally:
@@ -455,7 +455,7 @@ def msgspec_roundtrip(value: Any) -> Any:
 def test_the_graph_is_a_file_of_its_own_and_folding_writes_nothing_to_the_log(tmp_path: Path) -> None:
     """Its writes must not take the log's write lock nor add to its fsyncs (ingest commits there)."""
     path = tmp_path / "log.db"
-    store = Store(path)
+    store = SQLiteStore(path)
     store.append_sync(HISTORY, ROUTES)
     commits = store.commits
     log_size = path.stat().st_size, (tmp_path / "log.db-wal").stat().st_size
@@ -468,7 +468,7 @@ def test_the_graph_is_a_file_of_its_own_and_folding_writes_nothing_to_the_log(tm
     with sqlite3.connect(path) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not {t for t in tables if t.startswith("id_")}  # migration 10 took them out of the log
-    reopened = Store(path)
+    reopened = SQLiteStore(path)
     try:
         assert graph.cursor(reopened) == len(HISTORY)  # the cursor is kept with the graph
     finally:
@@ -493,7 +493,7 @@ class _Recording:
         return self._set
 
 
-def test_the_follower_gives_way_while_ingest_is_appending(store: Store) -> None:
+def test_the_follower_gives_way_while_ingest_is_appending(store: SQLiteStore) -> None:
     store.append_sync(HISTORY, ROUTES)
     follower = Follower(store, batch=4, poll=0.5)
     ticks = iter(range(1_000))
@@ -506,3 +506,27 @@ def test_the_follower_gives_way_while_ingest_is_appending(store: Store) -> None:
     # of a core); once it stopped growing, none; caught up, the idle poll
     assert stop.waits == [0.09, 0.09, 0.5]
     assert follower.folded == len(HISTORY)
+
+
+def _open_graph(path: str, barrier: Any) -> None:
+    barrier.wait()
+    graph.Graph(path).close()
+
+
+def test_processes_that_open_a_new_graph_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # the server and its follower's process may both be first to open `<store>.identity`
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for trial in range(5):
+        path = str(tmp_path / f"{trial}.identity")
+        barrier = context.Barrier(3)
+        workers = [context.Process(target=_open_graph, args=(path, barrier)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0, 0, 0]
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == graph.SCHEMA_VERSION
+        conn.close()

@@ -31,7 +31,7 @@ from loopwire.ingest_process import (
 )
 from loopwire.metrics import Metrics
 from loopwire.sources.customerio_webhooks import FAILED
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from tests.conftest import SIGNING_KEY, make_config, post, wait_until
 from tests.helpers.cio import encode, signed_headers, webhook
 from tests.helpers.servers import free_port, serve_app
@@ -68,7 +68,7 @@ def test_frames_are_taken_whole_however_the_bytes_arrive() -> None:
 
 def test_committer_accepts_once_and_refuses_precisely(tmp_path: Path) -> None:
     config = make_config(tmp_path / "log.db", "http://127.0.0.1:9")
-    Store(config.store.path).close()  # the server migrates before it starts the process
+    SQLiteStore(config.store.path).close()  # the server migrates before it starts the process
     committer = Committer(spec_for(config))
     doc, other = webhook(), webhook(user_id="cust_2")
     try:
@@ -88,7 +88,7 @@ def test_committer_accepts_once_and_refuses_precisely(tmp_path: Path) -> None:
     # A second copy in the same group, and one in a later group, are duplicates: stored once, no wake.
     assert [(by_rid[r].outcome, by_rid[r].wake) for r in (2, 3)] == [("duplicate", []), ("duplicate", [])]
     assert (by_rid[4].status, by_rid[4].outcome, by_rid[4].code) == (401, "rejected", "invalid_signature")
-    store = Store(config.store.path, recover=False)
+    store = SQLiteStore(config.store.path, recover=False)
     try:
         assert store.event_count() == 1  # the refused webhook wrote nothing
         assert store.counts()["amplitude"]["pending"] == 1
@@ -98,7 +98,7 @@ def test_committer_accepts_once_and_refuses_precisely(tmp_path: Path) -> None:
 
 def test_committer_routes_like_the_server(tmp_path: Path) -> None:
     config = make_config(tmp_path / "log.db", "http://127.0.0.1:9", route={"events": ["email.*"]})
-    Store(config.store.path).close()
+    SQLiteStore(config.store.path).close()
     committer = Committer(spec_for(config))
     try:
         replies = committer.commit(
@@ -113,7 +113,7 @@ def test_committer_routes_like_the_server(tmp_path: Path) -> None:
 
 def test_a_failed_commit_answers_503_for_every_event_of_the_group(tmp_path: Path) -> None:
     config = make_config(tmp_path / "log.db", "http://127.0.0.1:9")
-    Store(config.store.path).close()
+    SQLiteStore(config.store.path).close()
     committer = Committer(spec_for(config))
     committer._appender.close()  # the next commit fails inside SQLite, as on an I/O error
     try:
@@ -258,7 +258,7 @@ def test_sigkill_of_the_server_ends_its_ingest_process(tmp_path: Path) -> None:
 
 def test_the_process_commits_in_arrival_order_at_most_group_max_at_a_time(tmp_path: Path) -> None:
     config = make_config(tmp_path / "log.db", "http://127.0.0.1:9")
-    Store(config.store.path).close()
+    SQLiteStore(config.store.path).close()
     ours, theirs = socket.socketpair()
     worker = threading.Thread(target=serve, args=(spec_for(config), theirs))
     worker.start()
@@ -285,7 +285,7 @@ def test_the_process_commits_in_arrival_order_at_most_group_max_at_a_time(tmp_pa
     assert max(len(group) for group in groups) == GROUP_MAX and len(groups) >= 100 // GROUP_MAX + 1
     assert [reply.rid for group in groups for reply in group] == list(range(100))
     assert {reply.outcome for group in groups for reply in group} == {"accepted"}
-    store = Store(config.store.path, recover=False)
+    store = SQLiteStore(config.store.path, recover=False)
     try:
         assert store.event_count() == 100
     finally:

@@ -32,7 +32,7 @@ from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
-from loopwire.store import SentMemory, Store
+from loopwire.store import SentMemory, Store, open_store
 from loopwire.store import audiences as audience_store
 from loopwire.store import console as console_store
 from loopwire.store import identity as identity_graph
@@ -54,7 +54,7 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store = Store(config.store.path, config.store.group_commit_max)
+        self.store: Store = open_store(config.store)
         if config.audiences:
             try:
                 check_and_record_versions(self.store, config.audiences, int(clock() * 1000))
@@ -110,6 +110,8 @@ class Runtime:
             )
             self.engine.start()
         if self.identity is not None:
+            # the graph's file exists (schema, WAL) before its follower's process opens it too
+            await asyncio.to_thread(identity_graph.of, self.store)
             await self.identity.start()
         self.paused |= set(await asyncio.to_thread(console_store.paused, self.store)) & set(self.destinations)
         for name in self.destinations:

@@ -315,10 +315,10 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
     Example: `loopwire status --config loopwire.yaml`
     """
     from loopwire.app import status_report
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     cfg = _load(config)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     try:
         report = status_report(store, cfg.destinations)
     finally:
@@ -326,7 +326,7 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
     if as_json:
         _print_json(report)
         return
-    table = Table(title=f"{report['events']} events in {cfg.store.path}")
+    table = Table(title=f"{report['events']} events in {store.path}")
     for column in ("destination", "pending", "in_flight", "delivered", "skipped", "dead"):
         table.add_column(column, justify="right" if column != "destination" else "left")
     for dest, states in sorted(report["destinations"].items()):
@@ -351,10 +351,10 @@ def dlq_list(
 
     Example: `loopwire dlq list --destination amplitude --limit 20`
     """
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     cfg = _load(config)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     try:
         rows = store.dead_letters(destination, limit)
     finally:
@@ -389,13 +389,13 @@ def dlq_replay(
 
     Example: `loopwire dlq replay --destination amplitude --all`
     """
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     if not event_id and not replay_all:
         err.print("say which: --event-id ID (repeatable) or --all")
         raise typer.Exit(2)
     cfg = _load(config)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     try:
         count = store.replay_dead(int(time.time() * 1000), destination, event_id)
     finally:
@@ -449,13 +449,13 @@ def backfill(
     from loopwire.destinations.registry import kind_of
     from loopwire.destinations.routing import accepts
     from loopwire.model import decode_event
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     cfg = _load(config)
     name, options = _pick_destination(cfg, to, config)
     since_ms = _parse_since(since)
     default_sources = kind_of(options).default_sources
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     queued = scanned = 0
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
@@ -483,11 +483,11 @@ def audiences_list(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOp
 
     Example: `loopwire audiences list --config loopwire.yaml`
     """
-    from loopwire.store import Store
+    from loopwire.store import open_store
     from loopwire.store.audiences import Reader
 
     cfg = _load(config)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     reader = Reader(store)
     try:
         sizes = reader.sizes()
@@ -523,10 +523,10 @@ def audiences_history(name: str, config: ConfigOption = Path("loopwire.yaml")) -
     """
     from loopwire.audiences.engine import history_of
     from loopwire.audiences.versions import render_history
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     cfg = _load(config)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     try:
         records = history_of(store, name)
     finally:
@@ -552,14 +552,14 @@ def _identity_store(cfg: Config, update: bool) -> Any:
     safe beside a running `loopwire serve`, whose follower and this one never fold an event twice."""
     from loopwire.identity import external_attribute
     from loopwire.pipeline.identity_graph import Follower
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     if not cfg.identity.graph:
         err.print(
             "the identity graph is off (`identity.graph: false` in the config): set it to true (docs/identity.md)"
         )
         raise typer.Exit(1)
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     if update:
         follower = Follower(store, external_attribute(cfg))
         try:
@@ -688,7 +688,7 @@ def lift(
     from loopwire.analysis.inputs import lift_report
     from loopwire.analysis.report import render_html, render_table, to_json
     from loopwire.settings import Duration
-    from loopwire.store import Store
+    from loopwire.store import open_store
 
     cfg = _load(config)
     if experiment not in cfg.experiments:
@@ -701,7 +701,7 @@ def lift(
         except ValueError as exc:
             err.print(f"--window: {exc}")
             raise typer.Exit(2) from None
-    store = Store(cfg.store.path, recover=False)
+    store = open_store(cfg.store, recover=False)
     try:
         report = lift_report(store, experiment, cfg.experiments[experiment], conversion, window_ms)
     finally:

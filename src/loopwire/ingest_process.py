@@ -27,7 +27,6 @@ import logging
 import pickle
 import signal
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from loopwire.sources.customerio_webhooks import (
     keyed,
     refused,
 )
-from loopwire.store import Appender
+from loopwire.store import STORE_ERRORS, Appender
 
 log = logging.getLogger("loopwire.ingest_process")
 
@@ -172,7 +171,7 @@ class Committer:
                 for one in accepted:
                     replies += self.commit(Prepared([], [one]))
                 return replies
-            if isinstance(exc, sqlite3.Error):  # disk full, I/O error: one line, not a traceback each
+            if isinstance(exc, STORE_ERRORS):  # disk full, I/O error: one line, not a traceback each
                 log.error("could not commit Customer.io event %s: %s", accepted[0][1].id, exc)
             else:
                 log.exception("could not commit Customer.io event %s", accepted[0][1].id)

@@ -1,16 +1,16 @@
-"""The engine over a real SQLite log: holdout assignment is deterministic, stored once and exported."""
+"""The engine over a real log (SQLite and PostgreSQL): holdout assignment is deterministic, stored once and exported."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 
 from loopwire.audiences.engine import CURSOR, Engine
 from loopwire.audiences.holdouts import Experiment, assign
 from loopwire.model import Event, decode_event
 from loopwire.store import Store
 from loopwire.store import experiments as queries
+from tests.conftest import Opener
 
 EXPERIMENT = Experiment(name="Cart journey", salt="cart-v1", holdout_percent=10)
 
@@ -31,8 +31,8 @@ def run(store: Store, engine: Engine) -> int:
     return asyncio.run(engine.run_once())
 
 
-def test_assigns_each_person_once_at_first_sight_and_exports_the_group(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+def test_assigns_each_person_once_at_first_sight_and_exports_the_group(backend: Opener) -> None:
+    store = backend()
 
     async def ingest(events: Sequence[Event]) -> list[bool]:
         return await store.append(events, [[] for _ in events])
@@ -59,8 +59,8 @@ def test_assigns_each_person_once_at_first_sight_and_exports_the_group(tmp_path:
     store.close()
 
 
-def test_a_restart_repeats_no_export(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+def test_a_restart_repeats_no_export(backend: Opener) -> None:
+    store = backend()
 
     async def ingest(events: Sequence[Event]) -> list[bool]:
         return await store.append(events, [[] for _ in events])

@@ -1,4 +1,4 @@
-"""Audiences end to end: a storefront event over HTTP → the engine → membership events in the log,
+"""Audiences end to end (on both stores): a storefront event over HTTP → the engine → membership events in the log,
 and a time-based exit with no new event once the window closes (the clock is advanced, no sleep)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from loopwire.model import decode_event
-from tests.conftest import wait_until
+from tests.conftest import StoreSection, wait_until
 
 WRITE_KEY = "storefront-write-key"
 SOURCES = {"segment_api": {"write_keys": ["${SEG_KEY}"]}}
@@ -42,7 +42,9 @@ def audience_metrics(url: str, audience: str) -> tuple[float, float, float]:
     )
 
 
-def test_cart_abandoner_enters_then_leaves_when_the_window_closes(clock: Any, tmp_path: Any) -> None:
+def test_cart_abandoner_enters_then_leaves_when_the_window_closes(
+    clock: Any, both_backends: StoreSection
+) -> None:
     import time
 
     import yaml
@@ -52,12 +54,12 @@ def test_cart_abandoner_enters_then_leaves_when_the_window_closes(clock: Any, tm
     from tests.helpers.servers import serve_app
 
     document = {
-        "store": {"path": str(tmp_path / "x.db")},
+        "store": both_backends.section,
         "sources": SOURCES,
         "audiences": AUDIENCES,
         "experiments": EXPERIMENTS,
     }
-    config = parse_config(yaml.safe_dump(document), env={"SEG_KEY": WRITE_KEY})
+    config = parse_config(yaml.safe_dump(document), env={"SEG_KEY": WRITE_KEY, **both_backends.env})
     assert set(config.audiences) == {"cart_abandoners", "recent_purchasers"}
     now_iso = "2026-11-23T12:00:00Z"
     clock.offset = 1_795_435_200 - time.time()  # 2026-11-23T12:00:00Z

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 
 from loopwire.audiences.definitions import AudienceDefinition
@@ -22,7 +23,6 @@ from loopwire.audiences.evaluate import EventMatcher, PersonHistory, compile_all
 from loopwire.audiences.library import resolve_audiences
 from loopwire.audiences.recompute import (
     Share,
-    matches_sql,
     needs,
     recompute,
     recompute_share,
@@ -31,7 +31,12 @@ from loopwire.audiences.recompute import (
 )
 from loopwire.model import Event, decode_event, event_key
 from loopwire.settings import dec_hook
-from loopwire.store import Store
+from loopwire.store import SQLiteStore, Store
+from loopwire.store.base import Connection, Dialect
+from loopwire.store.postgres import PgConnection
+from loopwire.store.postgres import Store as PostgresStore
+from loopwire.store.scans import matches_sql
+from tests.helpers.postgres import Cluster
 
 NOW = 1_795_435_200_000  # 2026-11-23T12:00:00Z
 HOUR = 3_600_000
@@ -189,10 +194,26 @@ class Log:
             self.amp(None, "Order Completed", NOW - DAY, revenue=999)  # no user: in nobody's history
 
 
-def store_with(path: Path, events: Sequence[Event]) -> Store:
-    store = Store(path)
-    store.append_sync(events, [[] for _ in events])
-    return store
+StoreWith = Callable[[Sequence[Event]], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_with(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreWith]:
+    """A new store (a file, or a database of the session's PostgreSQL server) holding `events`."""
+    opened: list[Store] = []
+
+    def make(events: Sequence[Event]) -> Store:
+        if request.param == "sqlite":
+            store: Store = SQLiteStore(tmp_path / f"log-{len(opened)}.db")
+        else:
+            store = PostgresStore(request.getfixturevalue("postgres").create_database())
+        opened.append(store)
+        store.append_sync(events, [[] for _ in events])
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 def direct(store: Store, audiences: Mapping[str, AudienceDefinition], now: int) -> dict[str, dict[str, Any]]:
@@ -222,10 +243,10 @@ def log() -> Log:
     return Log(120)
 
 
-def test_counts_and_rows_are_those_of_evaluating_everyone_directly(tmp_path: Path, log: Log) -> None:
+def test_counts_and_rows_are_those_of_evaluating_everyone_directly(store_with: StoreWith, log: Log) -> None:
     audiences = definitions()
     assert needs(audiences).profile
-    store = store_with(tmp_path / "log.db", log.events)
+    store = store_with(log.events)
     expected = direct(store, audiences, NOW)
     stats = recompute(store, audiences, NOW, write=True, workers=1)
 
@@ -258,7 +279,7 @@ def assert_stored_as_evaluated(store: Store, expected: Mapping[str, Mapping[str,
     assert dict(timers_table(store)) == moments
 
 
-def test_events_older_than_every_window_that_can_see_them_are_not_read(tmp_path: Path) -> None:
+def test_events_older_than_every_window_that_can_see_them_are_not_read(store_with: StoreWith) -> None:
     # deliveries are seen only within 14 days (fatigue_risk), clicks within 14 and 7 days; the
     # last order at any age (lapsed_90_plus)
     names = ("fatigue_risk", "high_intent_engagers", "lapsed_90_plus")
@@ -274,7 +295,7 @@ def test_events_older_than_every_window_that_can_see_them_are_not_read(tmp_path:
     log.track("u2", "Order Completed", NOW - 100 * DAY, revenue=10)
     for n in range(6):  # fatigued: six deliveries in 14 days, no click, until the 2nd oldest ages out
         log.cio("u3", "delivered", NOW - (n + 8) * DAY)
-    store = store_with(tmp_path / "log.db", log.events)
+    store = store_with(log.events)
     expected = direct(store, audiences, NOW)
     stats = recompute(store, audiences, NOW, write=True, workers=1)
     assert stats.events == len(log.events) == 52
@@ -286,11 +307,11 @@ def test_events_older_than_every_window_that_can_see_them_are_not_read(tmp_path:
 
 
 def test_without_profile_audiences_the_same_results_from_fewer_decoded_events(
-    tmp_path: Path, log: Log
+    store_with: StoreWith, log: Log
 ) -> None:
     audiences = {n: d for n, d in definitions().items() if n not in ("pro_clickers",)}
     assert not needs(audiences).profile
-    store = store_with(tmp_path / "log.db", log.events)
+    store = store_with(log.events)
     expected = direct(store, audiences, NOW)
     stats = recompute(store, audiences, NOW, workers=1)
     assert stats.members == {
@@ -299,12 +320,12 @@ def test_without_profile_audiences_the_same_results_from_fewer_decoded_events(
     store.close()
 
 
-def test_workers_reading_parts_of_the_log_count_everyone_once(tmp_path: Path, log: Log) -> None:
+def test_workers_reading_parts_of_the_log_count_everyone_once(store_with: StoreWith, log: Log) -> None:
     audiences = definitions()
-    store = store_with(tmp_path / "log.db", log.events)
+    store = store_with(log.events)
     one = recompute(store, audiences, NOW, write=True, workers=1)
     for workers in (2, 3):  # each reads a part of the log and passes the others their people's rows
-        other = store_with(tmp_path / f"log-{workers}.db", log.events)
+        other = store_with(log.events)
         many = recompute(other, audiences, NOW, write=True, workers=workers)
         assert many.ranges == many.workers == workers
         assert (many.people, many.events, many.evaluated_events, many.decoded_events, many.members) == (
@@ -317,26 +338,26 @@ def test_workers_reading_parts_of_the_log_count_everyone_once(tmp_path: Path, lo
         assert members_table(other) == members_table(store)
         assert timers_table(other) == timers_table(store)
         other.close()
-    ranges = split(store.path, 5)
+    ranges = split(store.scan_target(), 5)
     assert ranges[0][0] is None and ranges[-1][1] is None
     assert all(hi == lo for (_, hi), (lo, _) in pairwise(ranges))
-    parts, last = seq_parts(store.path, 3)
+    parts, last = seq_parts(store.scan_target(), 3)
     assert parts[0][0] == 1 and parts[-1][1] == last == len(log.events)
     assert all(end + 1 == start for (_, end), (start, _) in pairwise(parts))
     store.close()
 
 
-def test_events_appended_after_the_start_are_left_to_the_engine(tmp_path: Path, log: Log) -> None:
+def test_events_appended_after_the_start_are_left_to_the_engine(store_with: StoreWith, log: Log) -> None:
     audiences = definitions()
-    store = store_with(tmp_path / "log.db", log.events)
+    store = store_with(log.events)
     expected = direct(store, audiences, NOW)
-    parts, last = seq_parts(store.path, 1)  # what `recompute` hands its workers, at its start
+    parts, last = seq_parts(store.scan_target(), 1)  # what `recompute` hands its workers, at its start
     late = Log(0)
     late.serial = len(log.events)  # new ids
     late.track("u001", "Order Completed", NOW - HOUR, revenue=1000)
     late.track("zz-new", "Order Completed", NOW - HOUR, revenue=1000)
     store.append_sync(late.events, [[] for _ in late.events])
-    done = recompute_share(store.path, audiences, NOW, Share(0, parts, [(None, None)], last))
+    done = recompute_share(store.scan_target(), audiences, NOW, Share(0, parts, [(None, None)], last))
     assert (done.people, done.events) == (
         len(expected),
         sum(e.user_id is not None and e.source != "loopwire" for e in log.events),
@@ -361,10 +382,12 @@ def run_engine(store: Store, audiences: Mapping[str, AudienceDefinition], now: i
     asyncio.run(catch_up())
 
 
-def test_write_stores_what_the_engine_stores_then_and_after_new_events(tmp_path: Path, log: Log) -> None:
+def test_write_stores_what_the_engine_stores_then_and_after_new_events(
+    store_with: StoreWith, log: Log
+) -> None:
     audiences = definitions()
-    by_engine = store_with(tmp_path / "engine.db", log.events)
-    by_recompute = store_with(tmp_path / "recompute.db", log.events)
+    by_engine = store_with(log.events)
+    by_recompute = store_with(log.events)
     run_engine(by_engine, audiences, NOW)
     first = recompute(by_recompute, audiences, NOW, write=True, workers=1)
     assert members_table(by_recompute) == members_table(by_engine)
@@ -391,11 +414,9 @@ def test_write_stores_what_the_engine_stores_then_and_after_new_events(tmp_path:
     by_recompute.close()
 
 
-def test_an_empty_log(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
-    stats = recompute(store, definitions(), NOW, workers=2)
+def test_an_empty_log(store_with: StoreWith) -> None:
+    stats = recompute(store_with([]), definitions(), NOW, workers=2)
     assert (stats.people, stats.events, set(stats.members.values())) == (0, 0, {0})
-    store.close()
 
 
 HEADS = [  # (source, kind, channel, metric, name): what `event_key` makes of each, corners included
@@ -416,8 +437,13 @@ HEADS = [  # (source, kind, channel, metric, name): what `event_key` makes of ea
     ("amplitude", "track", None, None, "[Amplitude] Page Viewed"),
     ("amplitude", "track", None, None, "A"),
     ("amplitude", "track", None, None, "Ünïcode ✓"),
+    ("segment", "track", None, None, "50%_off \\ deal"),  # LIKE's and escapes' own characters
 ]
 PATTERNS = [
+    "50%_*",
+    "5?%?off*",
+    "*\\ deal",
+    "50_*",
     "*.clicked",
     "email.*",
     "*",
@@ -450,12 +476,34 @@ PATTERNS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def heads_on_postgres(postgres: Cluster) -> Iterator[Connection]:
+    conn = PgConnection(psycopg.connect(postgres.create_database(), autocommit=True))
+    conn.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, source TEXT, kind TEXT, channel TEXT, metric TEXT, name TEXT)"
+    )
+    conn.executemany(
+        "INSERT INTO events (seq, source, kind, channel, metric, name) VALUES (?, ?, ?, ?, ?, ?)",
+        [(seq, *head) for seq, head in enumerate(HEADS, start=1)],
+    )
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_the_sql_filter_selects_the_rows_whose_key_the_matcher_matches(pattern: str) -> None:
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, source, kind, channel, metric, name)")
-    conn.executemany("INSERT INTO events (source, kind, channel, metric, name) VALUES (?, ?, ?, ?, ?)", HEADS)
-    condition, args = matches_sql([pattern])
+def test_the_sql_filter_selects_the_rows_whose_key_the_matcher_matches(
+    pattern: str, dialect: Dialect, request: pytest.FixtureRequest
+) -> None:
+    if dialect == "sqlite":
+        conn: Connection = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, source, kind, channel, metric, name)")
+        conn.executemany(
+            "INSERT INTO events (source, kind, channel, metric, name) VALUES (?, ?, ?, ?, ?)", HEADS
+        )
+    else:
+        conn = request.getfixturevalue("heads_on_postgres")
+    condition, args = matches_sql([pattern], dialect)
     found = {seq for (seq,) in conn.execute(f"SELECT seq FROM events WHERE {condition}", args)}
     matcher = EventMatcher(pattern, {})
     expected = {
@@ -478,6 +526,6 @@ def test_the_sql_filter_selects_the_rows_whose_key_the_matcher_matches(pattern: 
     }
     assert found == expected
     # several names at once: the rows any of them matches
-    condition, args = matches_sql([pattern, "Order Completed", "sms.*"])
+    condition, args = matches_sql([pattern, "Order Completed", "sms.*"], dialect)
     both = {seq for (seq,) in conn.execute(f"SELECT seq FROM events WHERE {condition}", args)}
     assert both == expected | {2, 10}

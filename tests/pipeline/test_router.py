@@ -11,7 +11,7 @@ import pytest
 from loopwire.metrics import Metrics
 from loopwire.model import Event
 from loopwire.pipeline.router import Ingest
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 
 
 def _event(ident: str, name: str) -> Event:
@@ -30,7 +30,7 @@ def _value(metrics: Metrics, family: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("path", ["one", "batch"])
 def test_one_and_batch_keep_the_same_books(tmp_path: Path, path: str) -> None:
-    store = Store(tmp_path / "loopwire.db")
+    store = SQLiteStore(tmp_path / "loopwire.db")
     metrics = Metrics()
     woken: list[str] = []
     ingest = Ingest(store, {"orders": _takes_orders, "everything": lambda e: True}, metrics, woken.append)

@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 
 from loopwire.model import Event
-from loopwire.store import Settlement, Store
+from loopwire.store import Settlement, SQLiteStore, Store
+from loopwire.store.base import Connection
 from loopwire.store.migrations import MIGRATIONS, migrate
 from loopwire.store.sqlite import STATES
 
@@ -21,9 +22,10 @@ def _event(n: int) -> Event:
     return Event(id=f"evt-{n:06d}", source="segment", kind="track", name="Viewed", time_ms=n, received_ms=n)
 
 
-def _counted(path: str) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
+def _counted(store: Store) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
     """The slow, obviously right answer: every row counted."""
-    with sqlite3.connect(path) as conn:
+
+    def query(conn: Connection) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
         counts: dict[str, dict[str, int]] = {}
         for dest, state, n in conn.execute("SELECT dest, state, COUNT(*) FROM outbox GROUP BY 1, 2"):
             counts.setdefault(dest, dict.fromkeys(STATES, 0))[state] = n
@@ -31,7 +33,9 @@ def _counted(path: str) -> tuple[dict[str, dict[str, int]], list[tuple[str, str,
             "SELECT dest, state, COALESCE(reason, ''), COUNT(*) FROM outbox WHERE state IN ('dead', 'skipped')"
             " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         ).fetchall()
-    return counts, reasons
+        return counts, [tuple(row) for row in reasons]
+
+    return store.read(query)
 
 
 def _tallied(store: Store) -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int]]]:
@@ -41,8 +45,7 @@ def _tallied(store: Store) -> tuple[dict[str, dict[str, int]], list[tuple[str, s
     return store.counts(), reasons
 
 
-def test_counts_and_reasons_match_a_full_count_after_random_writes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "log.db")
+def test_counts_and_reasons_match_a_full_count_after_random_writes(store: Store) -> None:
     rng = random.Random(12)
     try:
         seq = 0
@@ -66,7 +69,7 @@ def test_counts_and_reasons_match_a_full_count_after_random_writes(tmp_path: Pat
                 store.enqueue(
                     rng.choice(DESTS), rng.sample(seqs, min(5, len(seqs))), now, resend=rng.random() < 0.5
                 )
-            counts, reasons = _counted(store.path)
+            counts, reasons = _counted(store)
             tallied_counts, tallied_reasons = _tallied(store)
             assert {d: c for d, c in tallied_counts.items() if any(c.values())} == counts
             assert tallied_reasons == reasons
@@ -92,9 +95,9 @@ def test_a_store_migrated_with_rows_in_it_starts_with_the_right_tally(tmp_path: 
         )
     migrate(conn)
     conn.close()
-    store = Store(path, recover=False)
+    store = SQLiteStore(path, recover=False)
     try:
-        assert _tallied(store) == _counted(store.path)
+        assert _tallied(store) == _counted(store)
         assert store.counts()["amplitude"] == {
             "pending": 6,
             "in_flight": 6,

@@ -23,7 +23,7 @@ from loopwire.pipeline.identity_graph import Follower
 from loopwire.sandbox.amplitude import AmplitudeSandbox
 from loopwire.sandbox.customerio import CustomerioSandbox
 from loopwire.sandbox.segment import SegmentSandbox
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from tests.conftest import CONSOLE_TOKEN
 from tests.helpers.servers import serve_app
 
@@ -61,7 +61,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         config_path = wiring.write_config(folder, urls, keys, kept=False)  # the same store, new sandboxes
         config = load_config(config_path, env={**keys, "LOOPWIRE_CONSOLE_TOKEN": CONSOLE_TOKEN})
         # the identity graph of the demo's log, folded as the CLI or the server's follower does
-        store = Store(config.store.path, recover=False)
+        store = SQLiteStore(config.store.path, recover=False)
         follower = Follower(store)
         while follower.fold_once():
             pass

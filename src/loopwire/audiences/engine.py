@@ -205,6 +205,8 @@ class Engine:
         return plan.work
 
     def _plan(self) -> _Plan | None:
+        if not self._store.lead(CURSOR):  # another node follows the log (a shared PostgreSQL store)
+            return None
         after = queries.cursor(self._store, CURSOR)
         rows = self._store.scan_events(0, after, self._batch)
         now_ms = int(self._clock() * 1000)

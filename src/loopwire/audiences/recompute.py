@@ -9,12 +9,12 @@ What keeps it fast without changing those:
 - Carried values are left out. A recompute exports no event, so nothing of what it produces depends
   on `qualifying_values`: the audiences are evaluated without them (`Result.values` stays empty),
   and what only they read is neither read nor decoded.
-- SQLite filters. An event whose key (`model.event_key`, matched in SQL on the log's own columns)
-  no event selector of any audience matches cannot change an outcome (the evaluator only looks at
-  the events its selectors pick), so it never leaves SQLite. Nor does an event older than every
+- The store filters (`store.scans`). An event whose key (`model.event_key`, matched in SQL on the
+  log's own columns) no event selector of any audience matches cannot change an outcome (the
+  evaluator only looks at the events its selectors pick), so it never leaves the database. Nor does an event older than every
   window that can look at it (a `count` or `absent` within 7 days never sees an 8-day-old event, at
   `now` or later; `first`, `last`, `since` and sums look at the whole history, and keep it all). A
-  row's `body` leaves SQLite only when a `where` test, a summed property or the profile reads it.
+  row's `body` leaves the database only when a `where` test, a summed property or the profile reads it.
   The SQL is a pre-filter, not the judge: every row it returns is checked with the evaluator's own
   matchers.
 - The log is read in the order the file holds it, once. The log is in arrival order, so a person's
@@ -51,13 +51,11 @@ import os
 import pickle
 import queue
 import random
-import re
-import sqlite3
 import tempfile
 import time
 import traceback
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from itertools import pairwise
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -85,26 +83,20 @@ from loopwire.audiences.evaluate import (
     compile_all,
     evaluate_all,
 )
-from loopwire.model import Event, event_key, event_pattern
+from loopwire.model import Event, event_key
 from loopwire.store import Store
 from loopwire.store.audiences import Membership, save
-from loopwire.store.sqlite import connect
+from loopwire.store.base import ScanTarget
+from loopwire.store.scans import Bound, LogScan, ScanFilter
 
 SAMPLE = 2_000  # events sampled to cut people into ranges of about equal work
 EXCHANGE_TIMEOUT_S = 3_600.0  # a worker waits this long at most for the others' rows
-MMAP_BYTES = 1 << 34  # read the file through the page cache without copying (SQLite caps it)
 SKIP, KEEP, DECODE, OWN = 0, 1, 2, 3  # what becomes of a row, by its head: left out, kept, decoded, own
 
-Bound = str | None  # a user id bounding a range; None: unbounded
 Head = tuple[str, str, str | None, str | None, str | None]  # source, kind, channel, metric, name
 Plan = tuple[int, Event, str]  # the fate, an event with the head's values, and its key
 Selected = tuple[int, Plan, dict[str, Any]]  # time_ms, plan, decoded data: one selected event
 
-# A row's event key, as `model.event_key` builds it from the log's columns: f"{channel}.{metric}" for
-# a Customer.io message, else the name, or the kind when the name is missing or empty.
-_IS_MESSAGE = "source = 'customerio' AND channel IS NOT NULL"
-_PROFILE_ROW = "source = 'amplitude' OR (source = 'segment' AND kind = 'identify')"  # `profile_of`'s
-_WILDCARD = re.compile(r"[*?]")  # as in `model.event_pattern`, where brackets are literal
 _NO_DATA: dict[str, Any] = {}  # the data of an event whose body is not read; shared, never mutated
 _TIME = itemgetter(0)
 
@@ -209,64 +201,6 @@ def needs(audiences: Mapping[str, AudienceDefinition]) -> Needs:
     return Needs(list(found.values()), profile)
 
 
-Term = tuple[str, tuple[str, ...]]  # SQL and its parameters
-
-
-def _column_matches(column: str, names: Iterable[str], null_as: str | None = None) -> Term:
-    """`column` matches one of these `model.event_pattern` names or globs, in SQL: one IN for the
-    plain names, an SQLite GLOB per glob (the same wildcards, once `[` is made literal). `null_as`:
-    the text a NULL stands for in the event key."""
-    given = sorted(set(names))
-    if any(name and not name.strip("*") for name in given):
-        return "1", ()
-    exact = [name for name in given if not _WILDCARD.search(name)]
-    globs = [name for name in given if _WILDCARD.search(name)]
-    terms = [f"{column} IN ({', '.join('?' * len(exact))})"] if exact else []
-    terms += [f"{column} GLOB ?"] * len(globs)
-    if null_as is not None and any(event_pattern(name).fullmatch(null_as) for name in given):
-        terms.append(f"{column} IS NULL")
-    return " OR ".join(terms) or "0", (*exact, *(name.replace("[", "[[]") for name in globs))
-
-
-def _message_matches(names: Iterable[str]) -> Term:
-    """`channel.metric` matches one of the names or globs, on the two columns (no string is built per
-    row): the dot between them is matched by a dot of a name, by a `?`, or inside a `*`, which then
-    matches the end of the channel and the start of the metric."""
-    metrics: dict[str, set[str]] = {}  # a pattern of the channel → the patterns of the metric with it
-    for name in names:
-        for at, char in enumerate(name):
-            if char in ".?*":
-                channel, metric = (name[: at + 1], name[at:]) if char == "*" else (name[:at], name[at + 1 :])
-                metrics.setdefault(channel, set()).add(metric)
-    terms: list[str] = []
-    args: list[str] = []
-    for channel, metric_names in sorted(metrics.items(), key=lambda item: bool(item[0].strip("*"))):
-        metric_sql, metric_args = _column_matches("metric", metric_names, null_as="None")  # f"{None}"
-        channel_sql, channel_args = _column_matches("channel", [channel])
-        terms.append(f"({metric_sql})" if channel_sql == "1" else f"({channel_sql}) AND ({metric_sql})")
-        args += [*channel_args, *metric_args] if channel_sql != "1" else metric_args
-    return " OR ".join(terms) or "0", tuple(args)
-
-
-def matches_sql(names: Iterable[str]) -> Term:
-    """An SQL condition on a log row, and its parameters: the row's event key (`model.event_key`)
-    matches one of these names or globs."""
-    given = set(names)
-    message, message_args = _message_matches(given)
-    named, named_args = _column_matches("name", given)
-    kind, kind_args = _column_matches("kind", given)
-    condition = f"CASE WHEN {_IS_MESSAGE} THEN ({message}) WHEN name <> '' THEN ({named}) ELSE ({kind}) END"
-    return condition, (*message_args, *named_args, *kind_args)
-
-
-def _in_range(sql: str, args: tuple[Any, ...], lo: Bound, hi: Bound) -> tuple[str, tuple[Any, ...]]:
-    if lo is not None:
-        sql, args = sql + " AND user_id >= ?", (*args, lo)
-    if hi is not None:
-        sql, args = sql + " AND user_id < ?", (*args, hi)
-    return sql, args
-
-
 class _Reader:
     """The recompute's scan of the log: the SQL that selects rows (and the bodies to decode), what
     becomes of each row it returns (decided once per distinct head, by the audiences' matchers), and
@@ -290,35 +224,18 @@ class _Reader:
         for selector in wanted.selectors:
             by_horizon.setdefault(selector.horizon, set()).update(selector.names)
         always = by_horizon.get(None, set())
-        keep: list[str] = []
-        keep_args: list[Any] = []
+        keep: list[tuple[int | None, frozenset[str]]] = []
         for horizon, group in sorted(by_horizon.items(), key=lambda item: -1 if item[0] is None else item[0]):
             if horizon is not None:
                 group = group - always
                 if not group:
                     continue
-            condition, args = matches_sql(group)
-            keep.append(f"({condition})" if horizon is None else f"(time_ms > ? AND ({condition}))")
-            keep_args += args if horizon is None else [now_ms - horizon, *args]
-        decode, self._decode_args = matches_sql(
+            keep.append((horizon, frozenset(group)))
+        decode = frozenset(
             name for selector in wanted.selectors if selector.fields for name in selector.names
         )
-        if wanted.profile:
-            keep.append(f"({_PROFILE_ROW})")
-            decode = f"({decode}) OR {_PROFILE_ROW}"
-        self._columns = (
-            f"user_id, time_ms, source, kind, channel, metric, name, CASE WHEN {decode} THEN body END"
-        )
-        self._keep, self._keep_args = " OR ".join(keep) or "0", tuple(keep_args)
-
-    def query(self, first: int, last: int) -> tuple[str, tuple[Any, ...]]:
-        """One pass over the rows with seqs in [first, last]: those an audience can select, and
-        loopwire's own rows, which only count."""
-        return (
-            f"SELECT {self._columns} FROM events NOT INDEXED WHERE seq BETWEEN ? AND ? AND user_id IS NOT NULL"
-            f" AND (source = ? OR {self._keep})",
-            (*self._decode_args, first, last, OWN_SOURCE, *self._keep_args),
-        )
+        self.filter = ScanFilter(keep, decode, wanted.profile, OWN_SOURCE)
+        self._now_ms = now_ms
 
     def plan(self, source: str, kind: str, channel: str | None, metric: str | None, name: str | None) -> Plan:
         head = Event(
@@ -347,7 +264,7 @@ class _Reader:
         return {name: value for attr, name in self.fields if (value := getattr(cut, attr)) is not unset}
 
     def read(
-        self, conn: sqlite3.Connection, first: int, last: int
+        self, scan: LogScan, first: int, last: int
     ) -> tuple[dict[str, list[Selected]], dict[str, int], int]:
         """Everyone's selected events (in log order), how many of loopwire's own events each has, and
         how many bodies were decoded."""
@@ -355,8 +272,8 @@ class _Reader:
         selected: dict[str, list[Selected]] = {}
         own: dict[str, int] = {}
         decoded = 0
-        for user_id, time_ms, source, kind, channel, metric, name, body in conn.execute(
-            *self.query(first, last)
+        for user_id, time_ms, source, kind, channel, metric, name, body in scan.rows(
+            self.filter, self._now_ms, first, last
         ):
             head = (source, kind, channel, metric, name)
             found = plans.get(head)
@@ -406,37 +323,6 @@ class RangeResult(NamedTuple):
     evaluate_s: float
     changes: list[tuple[str, str, Membership]]  # (audience, user, row) to write
     timers: dict[str, int | None]
-
-
-def read_connection(path: str) -> sqlite3.Connection:
-    """A connection of its own that only reads, mapping the file instead of copying its pages."""
-    conn = connect(path)
-    conn.execute("PRAGMA query_only=ON")
-    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-    return conn
-
-
-def counts(lo: Bound, hi: Bound, last_seq: int) -> tuple[str, tuple[Any, ...]]:
-    """Every user with an id in [lo, hi) and their number of events up to `last_seq`, in id order,
-    from the `events_user` index alone (loopwire's own events included: the scan counts those)."""
-    sql, args = _in_range("SELECT user_id, COUNT(*) FROM events WHERE user_id IS NOT NULL", (), lo, hi)
-    return sql + " AND seq <= ? GROUP BY user_id ORDER BY user_id", (*args, last_seq)
-
-
-def _stored(
-    conn: sqlite3.Connection, audiences: Iterable[str], lo: Bound, hi: Bound
-) -> dict[str, dict[str, Membership]]:
-    found: dict[str, dict[str, Membership]] = {}
-    for audience in audiences:
-        sql, args = _in_range(
-            "SELECT user_id, member, version, state, changes, since_ms FROM members WHERE audience = ?",
-            (audience,),
-            lo,
-            hi,
-        )
-        for user_id, member, version, state, changes, since in conn.execute(sql, args):
-            found.setdefault(user_id, {})[audience] = Membership(bool(member), version, state, changes, since)
-    return found
 
 
 def changed(
@@ -505,7 +391,7 @@ def _exchange(
 
 
 def recompute_share(
-    path: str,
+    target: ScanTarget,
     audiences: Mapping[str, AudienceDefinition],
     now_ms: int,
     share: Share,
@@ -528,15 +414,15 @@ def recompute_share(
     evaluate_s = 0.0
     clock = time.perf_counter
     lo, hi = share.ranges[share.worker]
-    conn = read_connection(path)
+    scan = LogScan(target)
     collecting = gc.isenabled()
     gc.disable()
     try:
-        selected, own, decoded = reader.read(conn, *share.parts[share.worker])
+        selected, own, decoded = reader.read(scan, *share.parts[share.worker])
         if len(share.parts) > 1:
             selected, own = _exchange(share, selected, own, directory, barrier)
-        stored = _stored(conn, audiences, lo, hi) if write else {}
-        for user_id, total in conn.execute(*counts(lo, hi, share.last_seq)):
+        stored = scan.memberships(audiences, lo, hi) if write else {}
+        for user_id, total in scan.people(lo, hi, share.last_seq):
             total -= own.get(user_id, 0)
             if not total:
                 continue  # only loopwire's own events: not a person to the engine either
@@ -570,14 +456,14 @@ def recompute_share(
     finally:
         if collecting:
             gc.enable()
-        conn.close()
+        scan.close()
     seconds = time.perf_counter() - began
     return RangeResult(persons, count, evaluated, decoded, members, seconds, evaluate_s, changes, timers)
 
 
 def _work(
     results: Any,
-    path: str,
+    target: ScanTarget,
     audiences: Mapping[str, AudienceDefinition],
     now_ms: int,
     share: Share,
@@ -588,7 +474,7 @@ def _work(
     """A worker process: its share's result, or the error that stopped it, goes to `results`."""
     try:
         outcome: RangeResult | str = recompute_share(
-            path, audiences, now_ms, share, write, directory, barrier
+            target, audiences, now_ms, share, write, directory, barrier
         )
     except BaseException:
         barrier.abort()  # the others stop waiting for this one's rows
@@ -597,7 +483,11 @@ def _work(
 
 
 def _run_workers(
-    path: str, audiences: Mapping[str, AudienceDefinition], now_ms: int, shares: list[Share], write: bool
+    target: ScanTarget,
+    audiences: Mapping[str, AudienceDefinition],
+    now_ms: int,
+    shares: list[Share],
+    write: bool,
 ) -> list[RangeResult]:
     context = multiprocessing.get_context("spawn")  # never fork a process that has threads
     barrier = context.Barrier(len(shares))
@@ -606,7 +496,7 @@ def _run_workers(
         processes = [
             context.Process(
                 target=_work,
-                args=(results, path, audiences, now_ms, share, write, directory, barrier),
+                args=(results, target, audiences, now_ms, share, write, directory, barrier),
                 name=f"loopwire-recompute-{share.worker}",
                 daemon=True,
             )
@@ -643,52 +533,34 @@ def _run_workers(
 # ---- the whole log --------------------------------------------------------------------------------
 
 
-def split(path: str, parts: int, seed: int = 0) -> list[tuple[Bound, Bound]]:
+def split(target: ScanTarget, parts: int, seed: int = 0) -> list[tuple[Bound, Bound]]:
     """`parts` ranges of user ids holding about equal numbers of events, cut at the quantiles of the
     users of a random sample of the log (seeded: the same log gives the same ranges)."""
     if parts <= 1:
         return [(None, None)]
-    conn = read_connection(path)
+    scan = LogScan(target)
     try:
-        low, high = _seqs(conn)
+        low, high = scan.seqs()
         if low is None or high is None:
             return [(None, None)]
         rng = random.Random(seed)
-        seqs = sorted({rng.randint(low, high) for _ in range(SAMPLE)})
-        users: list[str] = []
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            users += [
-                user_id
-                for (user_id,) in conn.execute(
-                    f"SELECT user_id FROM events WHERE seq IN ({','.join('?' * len(chunk))})"
-                    " AND user_id IS NOT NULL AND source != ?",
-                    (*chunk, OWN_SOURCE),
-                )
-            ]
+        users = scan.users_at(sorted({rng.randint(low, high) for _ in range(SAMPLE)}), OWN_SOURCE)
     finally:
-        conn.close()
+        scan.close()
     users.sort()
     cuts = sorted({users[len(users) * i // parts] for i in range(1, parts)}) if users else []
     bounds: list[Bound] = [None, *cuts, None]
     return list(pairwise(bounds))
 
 
-def _seqs(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
-    # two queries: MIN and MAX together in one would scan the table
-    (low,) = conn.execute("SELECT MIN(seq) FROM events").fetchone()
-    (high,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
-    return low, high
-
-
-def seq_parts(path: str, parts: int) -> tuple[list[tuple[int, int]], int]:
+def seq_parts(target: ScanTarget, parts: int) -> tuple[list[tuple[int, int]], int]:
     """`parts` consecutive ranges of seqs (inclusive) of about equal size over the log as it is now,
     and its last seq."""
-    conn = read_connection(path)
+    scan = LogScan(target)
     try:
-        low, high = _seqs(conn)
+        low, high = scan.seqs()
     finally:
-        conn.close()
+        scan.close()
     if low is None or high is None:
         return [(1, 0)] * parts, 0
     bounds = [low + (high - low + 1) * i // parts for i in range(parts + 1)]
@@ -708,13 +580,14 @@ def recompute(
     began = time.perf_counter()
     definitions = dict(audiences)
     order = compile_all(definitions).order  # validates before any worker starts
-    ranges: list[tuple[Bound, Bound]] = split(store.path, workers) if workers > 1 else [(None, None)]
-    parts, last_seq = seq_parts(store.path, len(ranges))
+    target = store.scan_target()
+    ranges: list[tuple[Bound, Bound]] = split(target, workers) if workers > 1 else [(None, None)]
+    parts, last_seq = seq_parts(target, len(ranges))
     shares = [Share(index, parts, ranges, last_seq) for index in range(len(ranges))]
     if len(shares) > 1:
-        done = _run_workers(store.path, definitions, now_ms, shares, write)
+        done = _run_workers(target, definitions, now_ms, shares, write)
     else:
-        done = [recompute_share(store.path, definitions, now_ms, shares[0], write)]
+        done = [recompute_share(target, definitions, now_ms, shares[0], write)]
     stats = RecomputeStats(
         now_ms=now_ms,
         people=sum(p.people for p in done),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from loopwire.identity import BIT, Ident, identifiers_of
-from loopwire.store import Store
+from loopwire.store import SQLiteStore, Store
 from loopwire.store import identity as graph
 
 log = logging.getLogger("loopwire.identity")
@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stop.set()
 
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
-    store = Store(args.store, recover=False)
+    store = SQLiteStore(args.store, recover=False)  # the graph follows a log file (store/identity.py)
     try:
         Follower(store, args.external).follow(stop)
     finally:

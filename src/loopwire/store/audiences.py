@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from loopwire.store.sqlite import Store, connect
+from loopwire.store.base import Connection, Store
 
 
 class Membership(NamedTuple):
@@ -21,7 +20,7 @@ class Reader:
     """A read connection of its own, so the engine's reads never queue behind the writer."""
 
     def __init__(self, store: Store) -> None:
-        self._conn = connect(store.path)
+        self._conn = store.reader()
 
     def histories(self, user_ids: Sequence[str]) -> dict[str, list[bytes]]:
         found: dict[str, list[bytes]] = {user: [] for user in user_ids}
@@ -72,7 +71,7 @@ def save(
 ) -> None:
     """One transaction: membership rows, timers (None removes), new holdout assignments, the cursor."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         conn.executemany(
             "INSERT INTO members (audience, user_id, member, version, state, changes, since_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (audience, user_id) DO UPDATE SET member = excluded.member,"

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from loopwire.store.sqlite import Store
+from loopwire.store.base import Connection, Store
+
+
+def _indexed(store: Store, index: str) -> str:
+    """SQLite's `INDEXED BY` where its planner needs telling (PostgreSQL has no such clause, and its
+    planner reads the partial indexes' conditions itself)."""
+    return f" INDEXED BY {index}" if store.dialect == "sqlite" else ""
+
 
 # -- volume in --------------------------------------------------------------------------------------
 
@@ -23,7 +29,7 @@ from loopwire.store.sqlite import Store
 # is as exact. A missing seq (a row trimmed by retention) counts as older than every edge.
 _FIRST_SEQS_SQL = """
 WITH RECURSIVE b(edge, lo, hi) AS (
-    SELECT value, 1, :last + 1 FROM json_each(:edges)
+    SELECT value, 1, ? + 1 FROM json_each(?)
     UNION ALL
     SELECT edge,
            CASE WHEN (SELECT received_ms FROM events WHERE seq = (lo + hi) / 2) >= edge
@@ -36,15 +42,29 @@ SELECT edge, lo FROM b WHERE lo >= hi
 """
 
 
+def _first_seq_at(conn: Connection, received_ms: int, last: int) -> int:
+    """The same bisection for one edge, a statement a step (PostgreSQL: no `json_each`)."""
+    lo, hi = 1, last + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute("SELECT received_ms FROM events WHERE seq = ?", (mid,)).fetchone()
+        if row is not None and row[0] >= received_ms:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def received_per_bucket(store: Store, edges: Sequence[int]) -> list[int]:
     """Events logged between consecutive `edges` (ms, ascending): len(edges) - 1 counts."""
 
-    def query(conn: sqlite3.Connection) -> list[int]:
+    def query(conn: Connection) -> list[int]:
         last = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-        found = dict(
-            conn.execute(_FIRST_SEQS_SQL, {"last": last, "edges": json.dumps(list(edges))}).fetchall()
-        )
-        seqs = [found[edge] for edge in edges]
+        if store.dialect != "sqlite":
+            seqs = [_first_seq_at(conn, edge, last) for edge in edges]
+        else:
+            found = dict(conn.execute(_FIRST_SEQS_SQL, (last, json.dumps(list(edges)))).fetchall())
+            seqs = [found[edge] for edge in edges]
         return [b - a for a, b in itertools.pairwise(seqs)]
 
     return store.read(query)
@@ -75,7 +95,8 @@ def dead_letters(
     # range (every row it ever had) and sort; the partial index holds the dead rows only, newest last.
     sql = (
         "SELECT o.dest, e.id, e.kind, e.channel, e.metric, e.name, e.user_id, o.attempts, o.updated_ms, o.reason,"
-        " o.response FROM outbox o INDEXED BY outbox_dead JOIN events e ON e.seq = o.seq WHERE o.state = 'dead'"
+        f" o.response FROM outbox o{_indexed(store, 'outbox_dead')} JOIN events e ON e.seq = o.seq"
+        " WHERE o.state = 'dead'"
     )
     args: list[Any] = []
     if dest is not None:
@@ -97,10 +118,11 @@ def event_body(store: Store, event_id: str) -> bytes | None:
 
 def retrying(store: Store, dest: str, limit: int = 10) -> list[dict[str, Any]]:
     """Pending rows that failed at least once, with the destination's last answer (the backlog only)."""
+    indexed = _indexed(store, "outbox_ready")
     rows = store.read(
         lambda c: c.execute(
             "SELECT e.id, o.attempts, o.next_ms, o.updated_ms, o.reason, o.response FROM outbox o"
-            " INDEXED BY outbox_ready JOIN events e ON e.seq = o.seq"
+            f"{indexed} JOIN events e ON e.seq = o.seq"
             " WHERE o.dest = ? AND o.state = 'pending' AND o.reason IS NOT NULL ORDER BY o.updated_ms DESC LIMIT ?",
             (dest, limit),
         ).fetchall()
@@ -132,20 +154,16 @@ def set_paused(store: Store, dest: str, pause: bool, now_ms: int) -> None:
 
 def requeue_in_flight(store: Store, dest: str) -> int:
     """Rows a stopped courier left in flight, pending again (only while no courier runs for `dest`)."""
-    return int(
-        store.run(
-            lambda c: (
-                c.execute(
-                    "UPDATE outbox SET state = 'pending' WHERE dest = ? AND state = 'in_flight'", (dest,)
-                ).rowcount
-            )
-        )
-    )
+    return store.requeue_in_flight(dest)
 
 
 # -- audiences -------------------------------------------------------------------------------------
 
-_AUDIENCE = "json_extract(CAST(body AS TEXT), '$.data.properties.audience')"
+# the audience a membership event (audiences.engine) names, read from its stored body
+_AUDIENCE = {
+    "sqlite": "json_extract(CAST(body AS TEXT), '$.data.properties.audience')",
+    "postgres": "(convert_from(body, 'UTF8')::jsonb #>> '{data,properties,audience}')",
+}
 
 
 def audience_size(store: Store, audience: str) -> int:
@@ -164,19 +182,22 @@ def audience_changes(
     """Per hour since `since_ms`: (hour start ms, entries, exits); and the newest `limit` changes as
     (user id, "entered" | "exited", time ms, event id). loopwire's own events only, by name (index)."""
 
-    def query(conn: sqlite3.Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
+    named = _AUDIENCE[store.dialect]
+
+    def query(conn: Connection) -> tuple[list[tuple[int, int, int]], list[tuple[str, str, int, str]]]:
         hourly = conn.execute(
-            f"SELECT time_ms / 3600000 * 3600000 AS hour, SUM(name = ?1), SUM(name = ?2) FROM events"
-            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND time_ms >= ?3 AND {_AUDIENCE} = ?4"
+            "SELECT time_ms / 3600000 * 3600000 AS hour, SUM(CASE WHEN name = ? THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN name = ? THEN 1 ELSE 0 END) FROM events"
+            f" WHERE name IN (?, ?) AND source = 'loopwire' AND time_ms >= ? AND {named} = ?"
             " GROUP BY hour ORDER BY hour",
-            (entered, exited, since_ms, audience),
+            (entered, exited, entered, exited, since_ms, audience),
         ).fetchall()
         recent = conn.execute(
-            f"SELECT user_id, CASE WHEN name = ?1 THEN 'entered' ELSE 'exited' END, time_ms, id FROM events"
-            f" WHERE name IN (?1, ?2) AND source = 'loopwire' AND {_AUDIENCE} = ?3 ORDER BY seq DESC LIMIT ?4",
-            (entered, exited, audience, limit),
+            "SELECT user_id, CASE WHEN name = ? THEN 'entered' ELSE 'exited' END, time_ms, id FROM events"
+            f" WHERE name IN (?, ?) AND source = 'loopwire' AND {named} = ? ORDER BY seq DESC LIMIT ?",
+            (entered, entered, exited, audience, limit),
         ).fetchall()
-        return hourly, recent
+        return [tuple(row) for row in hourly], [tuple(row) for row in recent]
 
     return store.read(query)
 
@@ -206,7 +227,7 @@ def deliveries(
     if not seqs or not dests:
         return found
 
-    def query(conn: sqlite3.Connection) -> list[Any]:
+    def query(conn: Connection) -> list[Any]:
         rows: list[Any] = []
         for start in range(0, len(seqs), 500):
             chunk = list(seqs[start : start + 500])
@@ -231,7 +252,7 @@ def deliveries(
 def memberships(store: Store, user_id: str, audiences: Sequence[str]) -> dict[str, tuple[bool, int, int]]:
     """Per audience: (member, version, since ms), by primary key."""
 
-    def query(conn: sqlite3.Connection) -> dict[str, tuple[bool, int, int]]:
+    def query(conn: Connection) -> dict[str, tuple[bool, int, int]]:
         result = {}
         for audience in audiences:
             row = conn.execute(
@@ -246,7 +267,7 @@ def memberships(store: Store, user_id: str, audiences: Sequence[str]) -> dict[st
 
 
 def person_assignments(store: Store, user_id: str, experiments: Sequence[str]) -> dict[str, tuple[str, int]]:
-    def query(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    def query(conn: Connection) -> dict[str, tuple[str, int]]:
         result = {}
         for experiment in experiments:
             row = conn.execute(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
-from loopwire.store.sqlite import Store
+from loopwire.store.base import Connection, Store
 
 
 def cursor(store: Store, name: str) -> int:
@@ -17,7 +16,7 @@ def record(store: Store, name: str, seq: int, assignments: Sequence[tuple[str, s
     """In one transaction: new assignments (experiment, user, group, ms; existing ones are kept —
     an assignment never changes) and the reader's cursor."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         conn.executemany(
             "INSERT INTO assignments (experiment, user_id, grp, assigned_ms) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (experiment, user_id) DO NOTHING",

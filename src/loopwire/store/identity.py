@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from loopwire.store.sqlite import Store, connect
+from loopwire.store.base import Connection, Store
+from loopwire.store.sqlite import connect
 
 T = TypeVar("T")
 _JSON = msgspec.json.Encoder().encode
@@ -77,30 +79,53 @@ def graph_path(store_path: str) -> str:
     return f"{store_path}.identity"
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    """Owner-only (it holds emails), WAL, 30 s busy timeout. Making a new file WAL takes a lock
+    SQLite does not wait for: a second process opening it at that moment is told "locked" at once."""
+    for attempt in range(50):
+        try:
+            return connect(path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02)
+    raise AssertionError("unreachable")
+
+
 class Graph:
     """The graph's file: one connection, used under a lock (the follower writes a batch at a time;
     the console and /metrics read a few rows)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        conn = connect(path)  # owner-only (it holds emails), WAL, 30 s busy timeout
+        conn = _connect(path)
         conn.execute("PRAGMA synchronous=NORMAL")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version == 0:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-            )
-        elif version != SCHEMA_VERSION:
+            # read again under the write lock: the follower's process and the server (a console
+            # view, a scrape) may open a new file at once, and only the first may create the tables
+            conn.execute("BEGIN IMMEDIATE")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in SCHEMA.split(";"):  # (executescript would commit first)
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+                version = SCHEMA_VERSION
+            else:
+                conn.execute("COMMIT")
+        if version != SCHEMA_VERSION:
             conn.close()
             raise RuntimeError(f"{path} has identity schema {version}, this loopwire knows {SCHEMA_VERSION}")
         self._conn = conn
         self._lock = threading.Lock()
 
-    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    def read(self, query: Callable[[Connection], T]) -> T:
         with self._lock:
             return query(self._conn)
 
-    def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, job: Callable[[Connection], T]) -> T:
         """One write transaction (another process's follower waits for it, then sees it)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -126,7 +151,10 @@ def of(store: Store) -> Graph:
         with _opening:
             graph = store.companions.get("identity")
             if graph is None:
-                graph = store.companions["identity"] = Graph(graph_path(store.path))
+                # On PostgreSQL the graph is not kept yet (issue 11; config.py turns `identity.graph`
+                # off there): an empty one, so a lookup falls back to the user id it is given.
+                where = graph_path(store.path) if store.dialect == "sqlite" else ":memory:"
+                graph = store.companions["identity"] = Graph(where)
     assert isinstance(graph, Graph)
     return graph
 
@@ -162,7 +190,7 @@ class Fold(NamedTuple):
     meta: dict[str, str] | None = None
 
 
-def _cursor(conn: sqlite3.Connection) -> int:
+def _cursor(conn: Connection) -> int:
     row = conn.execute("SELECT seq FROM id_cursor WHERE id = 1").fetchone()
     return int(row[0]) if row else 0
 
@@ -187,7 +215,7 @@ def read_batch(store: Store, after: int, limit: int) -> list[tuple[int, bytes]]:
 def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
     """(kind, value) → (person, partners) of those already in the graph."""
 
-    def query(c: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, int]]:
+    def query(c: Connection) -> dict[tuple[str, str], tuple[int, int]]:
         found: dict[tuple[str, str], tuple[int, int]] = {}
         for start in range(0, len(idents), _CHUNK):
             chunk = _JSON([list(i) for i in idents[start : start + _CHUNK]]).decode()
@@ -205,7 +233,7 @@ def nodes(store: Store, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, st
 def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
     """person → (mask, size)."""
 
-    def query(c: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    def query(c: Connection) -> dict[int, tuple[int, int]]:
         found: dict[int, tuple[int, int]] = {}
         for start in range(0, len(persons), _CHUNK):
             chunk = _JSON(list(persons[start : start + _CHUNK])).decode()
@@ -220,7 +248,7 @@ def people(store: Store, persons: Sequence[int]) -> dict[int, tuple[int, int]]:
 
 
 def known_pairs(store: Store, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    def query(c: sqlite3.Connection) -> set[tuple[str, str]]:
+    def query(c: Connection) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         for start in range(0, len(pairs), _CHUNK):
             chunk = _JSON([list(p) for p in pairs[start : start + _CHUNK]]).decode()
@@ -245,7 +273,7 @@ def apply(store: Store, fold: Fold) -> None:
     """Write one batch, cursor included, in one transaction; `Conflict` (nothing written) if the
     cursor is no longer where the batch was read from."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         if _cursor(conn) != fold.after:
             raise Conflict(f"the identity cursor moved from {fold.after}")
         conn.execute(
@@ -279,7 +307,7 @@ def apply(store: Store, fold: Fold) -> None:
 def reset(store: Store, settings: dict[str, str]) -> None:
     """Forget the graph (its settings changed): the follower folds the log again from the start."""
 
-    def job(conn: sqlite3.Connection) -> None:
+    def job(conn: Connection) -> None:
         for table in ("id_nodes", "id_pairs", "id_people", "id_tally", "id_events", "id_meta"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM id_cursor")
@@ -292,7 +320,7 @@ def reset(store: Store, settings: dict[str, str]) -> None:
 
 
 def tally(store: Store) -> Tally:
-    def query(c: sqlite3.Connection) -> Tally:
+    def query(c: Connection) -> Tally:
         masks: dict[int, int] = {}
         kinds: dict[str, int] = {}
         split = {"email": 0, "user_id": 0}
@@ -309,7 +337,7 @@ def tally(store: Store) -> Tally:
     return of(store).read(query)
 
 
-def _members(c: sqlite3.Connection, person: int, limit: int) -> list[tuple[str, str]]:
+def _members(c: Connection, person: int, limit: int) -> list[tuple[str, str]]:
     rows = c.execute(
         "SELECT kind, value FROM id_nodes WHERE person = ? ORDER BY kind, value LIMIT ?", (person, limit)
     ).fetchall()
@@ -321,7 +349,7 @@ def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list
     identifiers of the other kind it was seen with."""
     other, column, by = ("user_id", "user_id", "email") if kind == "email" else ("email", "email", "user_id")
 
-    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+    def query(c: Connection) -> list[list[tuple[str, str]]]:
         groups: list[list[tuple[str, str]]] = []
         for (value,) in c.execute(
             "SELECT value FROM id_nodes WHERE kind = ? AND partners >= 2 ORDER BY value LIMIT ?",
@@ -339,7 +367,7 @@ def split_examples(store: Store, kind: str, limit: int, width: int = 10) -> list
 def people_with_masks(
     store: Store, masks: Sequence[int], limit: int, width: int = 10
 ) -> list[list[tuple[str, str]]]:
-    def query(c: sqlite3.Connection) -> list[list[tuple[str, str]]]:
+    def query(c: Connection) -> list[list[tuple[str, str]]]:
         persons = c.execute(
             "SELECT person FROM id_people WHERE mask IN (SELECT value FROM json_each(?)) ORDER BY person LIMIT ?",
             (_JSON(list(masks)).decode(), limit),
@@ -373,7 +401,7 @@ def component(
 ) -> list[tuple[str, str]]:
     """Every identifier of the person one of `candidates` belongs to (the first found)."""
 
-    def query(c: sqlite3.Connection) -> list[tuple[str, str]]:
+    def query(c: Connection) -> list[tuple[str, str]]:
         for kind, value in candidates:
             row = c.execute(
                 "SELECT person FROM id_nodes WHERE kind = ? AND value = ?", (kind, value)
@@ -393,6 +421,13 @@ def user_has_events(store: Store, user_id: str) -> bool:
     )
 
 
+# The integers of a JSON array bound as one parameter (one statement whatever their number).
+_JSON_INTS = {
+    "sqlite": "SELECT value FROM json_each(?)",
+    "postgres": "SELECT value::bigint FROM json_array_elements_text(?::json)",
+}
+
+
 def _key(source: str, kind: str, channel: str | None, metric: str | None, name: str | None) -> str:
     # model.event_key on the columns
     if source == "customerio" and channel is not None:
@@ -405,7 +440,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
     through `id_events`."""
     columns = "seq, time_ms, source, kind, channel, metric, name, id"
 
-    def seqs_of(c: sqlite3.Connection) -> list[int]:
+    def seqs_of(c: Connection) -> list[int]:
         found: list[int] = []
         for kind, value in idents:
             if kind != "user_id":
@@ -419,8 +454,9 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
         return found
 
     seqs = of(store).read(seqs_of)
+    json_ints = _JSON_INTS[store.dialect]
 
-    def query(c: sqlite3.Connection) -> list[EventRow]:
+    def query(c: Connection) -> list[EventRow]:
         rows: dict[int, Any] = {}
         for kind, value in idents:
             if kind == "user_id":
@@ -430,8 +466,7 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
                 ):
                     rows[row[0]] = row
         for row in c.execute(
-            f"SELECT {columns} FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-            (_JSON(seqs).decode(),),
+            f"SELECT {columns} FROM events WHERE seq IN ({json_ints})", (_JSON(seqs).decode(),)
         ):
             rows[row[0]] = row
         newest = sorted(rows.values(), key=lambda r: (r[1], r[0]), reverse=True)[:limit]
@@ -448,13 +483,14 @@ def deliveries(store: Store, seqs: Sequence[int], dests: Sequence[str]) -> dict[
     if not seqs:
         return {}
     chunk = _JSON(list(seqs)).decode()
+    json_ints = _JSON_INTS[store.dialect]
 
-    def query(c: sqlite3.Connection) -> dict[int, dict[str, Delivery]]:
+    def query(c: Connection) -> dict[int, dict[str, Delivery]]:
         found: dict[int, dict[str, Delivery]] = {}
         for dest in dests:
             for seq, state, attempts, updated, reason, response in c.execute(
                 "SELECT seq, state, attempts, updated_ms, reason, response FROM outbox"
-                " WHERE dest = ? AND seq IN (SELECT value FROM json_each(?))",
+                f" WHERE dest = ? AND seq IN ({json_ints})",
                 (dest, chunk),
             ):
                 found.setdefault(seq, {})[dest] = Delivery(state, attempts, updated, reason, response)

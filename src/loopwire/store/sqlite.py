@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from loopwire.model import Event, encode_event
+from loopwire.store.base import STATES, Claimed, ScanTarget, Settlement
 from loopwire.store.migrations import migrate
 
 log = logging.getLogger("loopwire.store")
@@ -55,7 +56,6 @@ def _settle_futures(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
-STATES = ("pending", "in_flight", "delivered", "dead", "skipped")
 # The destinations with outbox rows, one B-tree descent each (a skip-scan over the primary key)
 # rather than a scan of every row as `SELECT DISTINCT dest` would be.
 _DESTS_SQL = """
@@ -66,22 +66,6 @@ WITH RECURSIVE d(dest) AS (
 )
 SELECT dest FROM d WHERE dest IS NOT NULL
 """
-
-
-class Claimed(msgspec.Struct, frozen=True):
-    seq: int
-    attempts: int  # including the one now starting
-    enqueued_ms: int
-    body: bytes  # the encoded Event
-
-
-class Settlement(msgspec.Struct, frozen=True):
-    seq: int
-    state: str  # delivered | pending | dead | skipped
-    next_ms: int = 0
-    reason: str | None = None
-    response: str | None = None
-    code: str = ""  # the reason's code, for metrics only (loopwire.metrics.REASON_CODES); not stored
 
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for the other writer before its write fails
@@ -150,6 +134,12 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 class Store:
+    """The embedded store (`loopwire.store.base.Store`): one SQLite file in WAL mode."""
+
+    @property
+    def dialect(self) -> Literal["sqlite"]:
+        return "sqlite"
+
     def __init__(self, path: str | Path, group_max: int = 512, *, recover: bool = True) -> None:
         """Open (creating and migrating) the store. Only the serving process recovers: a CLI
         command opened beside a running server passes `recover=False`."""
@@ -273,6 +263,13 @@ class Store:
         """A read on the read connection (committed data only)."""
         with self._read_lock:
             return query(self._reader)
+
+    def reader(self) -> sqlite3.Connection:
+        """A read connection of its own (WAL: it never waits for the writer)."""
+        return connect(self.path)
+
+    def scan_target(self) -> ScanTarget:
+        return ScanTarget("sqlite", self.path)
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -416,6 +413,21 @@ class Store:
         )
         return rows
 
+    def lead(self, role: str) -> bool:
+        return True  # one server per SQLite file
+
+    def requeue_in_flight(self, dest: str) -> int:
+        # one process sends from a SQLite store: every row in flight is this one's
+        return int(
+            self.run(
+                lambda c: (
+                    c.execute(
+                        "UPDATE outbox SET state = 'pending' WHERE dest = ? AND state = 'in_flight'", (dest,)
+                    ).rowcount
+                )
+            )
+        )
+
     def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int:
         """Put logged events into a destination's outbox (backfill). Rows already there are left as
         they are unless `resend`, which makes them pending again with fresh attempts."""
@@ -463,44 +475,6 @@ class Store:
             return int(conn.execute(sql, args).rowcount)
 
         return self.run(job)
-
-
-class SentMemory:
-    """A destination's memory of what it last sent per key (a person, say): `recall` reads it (sync, from
-    a read connection, cheap), `remember` writes it after the destination confirmed delivery."""
-
-    def __init__(self, store: Store, dest: str) -> None:
-        self._store = store
-        self._dest = dest
-        self._reader = connect(store.path)
-        self._lock = threading.Lock()
-
-    def recall(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._reader.execute(
-                "SELECT value FROM sent_state WHERE dest = ? AND key = ?", (self._dest, key)
-            ).fetchone()
-        if row is None:
-            return None
-        value: dict[str, Any] = msgspec.json.decode(row[0])
-        return value
-
-    async def remember(self, items: dict[str, dict[str, Any]], now_ms: int) -> None:
-        if not items:
-            return
-        rows = [(self._dest, key, msgspec.json.encode(value), now_ms) for key, value in items.items()]
-
-        def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO sent_state (dest, key, value, updated_ms) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (dest, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
-                rows,
-            )
-
-        await self._store.write(job)
-
-    def close(self) -> None:
-        self._reader.close()
 
 
 _HEAD = msgspec.json.Encoder().encode

@@ -23,7 +23,7 @@ from loopwire.model import Event
 from loopwire.pipeline.delivery import Courier
 from loopwire.sandbox.customerio import CustomerioSandbox
 from loopwire.settings import dec_hook
-from loopwire.store import SentMemory, Store
+from loopwire.store import SentMemory, SQLiteStore
 from tests.helpers.servers import free_port, serve_app
 
 SITE_ID = "site-0001"
@@ -39,8 +39,8 @@ def sandbox() -> Iterator[tuple[CustomerioSandbox, str]]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "loopwire.db")
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "loopwire.db")
     yield s
     s.close()
 
@@ -104,7 +104,7 @@ async def send(
     return (response.status if response else None), assign(outcomes, len(payloads))
 
 
-def memory(store: Store) -> SentMemory:
+def memory(store: SQLiteStore) -> SentMemory:
     return SentMemory(store, "customerio")
 
 
@@ -112,7 +112,7 @@ def memory(store: Store) -> SentMemory:
 
 
 async def test_events_and_identifies_reach_customerio(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, send_users=True, event_properties=["total"], user_properties=["plan"])
@@ -142,7 +142,7 @@ async def test_events_and_identifies_reach_customerio(
 
 
 async def test_redelivery_carries_the_same_ulid_and_is_dropped(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     destination = CustomerioDestination("customerio", options(url), http, memory(store))
@@ -155,7 +155,7 @@ async def test_redelivery_carries_the_same_ulid_and_is_dropped(
 
 
 async def test_eu_options_reach_the_sandbox_through_base_url(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     destination = CustomerioDestination("customerio", options(url, region="eu"), http, memory(store))
@@ -167,13 +167,13 @@ async def test_eu_options_reach_the_sandbox_through_base_url(
 # --- 207 through the real delivery loop -----------------------------------------------------------
 
 
-async def deliver(destination: CustomerioDestination, store: Store, events: list[Event]) -> None:
+async def deliver(destination: CustomerioDestination, store: SQLiteStore, events: list[Event]) -> None:
     await store.append(events, [[destination.name]] * len(events))
     courier = Courier(destination, store, Metrics(), rand=lambda: 0.0)
     await courier.run_once()
 
 
-def states(store: Store) -> dict[str, tuple[str, str | None]]:
+def states(store: SQLiteStore) -> dict[str, tuple[str, str | None]]:
     rows = store.run(
         lambda c: c.execute(
             "SELECT e.id, o.state, o.reason FROM outbox o JOIN events e ON e.seq = o.seq ORDER BY e.seq"
@@ -183,7 +183,7 @@ def states(store: Store) -> dict[str, tuple[str, str | None]]:
 
 
 async def test_207_dead_letters_exactly_the_failed_events(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, send_users=True, user_properties=["plan"])
@@ -234,7 +234,7 @@ async def test_207_dead_letters_exactly_the_failed_events(
 )  # fmt: skip
 async def test_throttling_and_server_errors_are_retried(
     sandbox: tuple[CustomerioSandbox, str],
-    store: Store,
+    store: SQLiteStore,
     http: httpx.AsyncClient,
     fault: dict[str, Any],
     expected: Retry,
@@ -251,7 +251,7 @@ async def test_throttling_and_server_errors_are_retried(
 
 
 async def test_400_rejects_all_with_the_reason(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     destination = CustomerioDestination("customerio", options(url), http, memory(store))
@@ -263,7 +263,7 @@ async def test_400_rejects_all_with_the_reason(
 
 
 async def test_401_wrong_credentials_rejects_all_and_redacts_the_key(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     _, url = sandbox
     opts = options(url, api_key="wrong-key-0001")
@@ -278,7 +278,7 @@ async def test_401_wrong_credentials_rejects_all_and_redacts_the_key(
 
 
 async def test_a_timeout_is_retried(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, retry={"timeout": "200ms"})
@@ -291,7 +291,7 @@ async def test_a_timeout_is_retried(
     assert "within 0.2s" in outcome.reason
 
 
-async def test_an_unreachable_host_is_retried(store: Store, http: httpx.AsyncClient) -> None:
+async def test_an_unreachable_host_is_retried(store: SQLiteStore, http: httpx.AsyncClient) -> None:
     destination = CustomerioDestination(
         "customerio", options(f"http://127.0.0.1:{free_port()}"), http, memory(store)
     )
@@ -311,7 +311,7 @@ async def test_identify_only_when_a_selected_property_changed(
     path = tmp_path / "memory.db"
     opts = options(url, send_users=True, user_properties=["plan", "city"])
 
-    store = Store(path)
+    store = SQLiteStore(path)
     destination = CustomerioDestination("customerio", opts, http, SentMemory(store, "customerio"))
     first = amp("$identify", 1, user_properties={"$set": {"plan": "pro", "city": "Paris", "nick": "ada"}})
     status, outcomes = await send(destination, [first])
@@ -325,7 +325,7 @@ async def test_identify_only_when_a_selected_property_changed(
     store.close()
 
     # The memory is durable: a restarted loopwire still knows what it sent.
-    store = Store(path)
+    store = SQLiteStore(path)
     destination = CustomerioDestination("customerio", opts, http, SentMemory(store, "customerio"))
     assert destination.map(same, T) == Skip(
         "no selected user property changed since it was last sent", "nothing_to_send"
@@ -357,7 +357,7 @@ async def test_identify_only_when_a_selected_property_changed(
 
 
 async def test_changes_in_one_batch_are_all_remembered(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     _, url = sandbox
     opts = options(url, send_users=True, user_properties=["plan", "city"])
@@ -373,7 +373,7 @@ async def test_changes_in_one_batch_are_all_remembered(
 
 
 async def test_email_identifiers_share_memory_whatever_their_case(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, identifier="email", send_users=True, user_properties=["plan"])
@@ -396,7 +396,7 @@ async def test_email_identifiers_share_memory_whatever_their_case(
 
 
 async def test_identifier_learned_from_an_identify_addresses_later_events(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, identifier="email")
@@ -435,7 +435,7 @@ def own(kind: str, n: int, user_id: str = "cust_000123", **data: Any) -> Event:
 
 
 async def test_loopwire_attributes_and_audience_events_reach_the_learned_person(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     # Defaults otherwise: send_users off, nothing selected. loopwire's own attributes go all the same.
@@ -473,7 +473,7 @@ async def test_loopwire_attributes_and_audience_events_reach_the_learned_person(
 
 
 async def test_a_failed_memory_write_retries_memory_only_events(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     _, url = sandbox
 
@@ -497,7 +497,7 @@ async def test_a_failed_memory_write_retries_memory_only_events(
 
 
 async def test_accepts_follows_sources_selection_and_user_updates(
-    store: Store, http: httpx.AsyncClient
+    store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     opts = options("http://127.0.0.1:9", route={"events": ["Order *"]}, user_properties=["plan"])
     destination = CustomerioDestination("customerio", opts, http, memory(store))
@@ -535,7 +535,7 @@ class _Nothing:
 
 
 async def test_a_full_outbox_is_sent_in_batches_under_500kb(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     opts = options(url, event_properties=["description"])
@@ -582,7 +582,7 @@ async def test_connection_reports_an_unreachable_host() -> None:
 
 
 async def test_an_identifier_learned_in_a_failed_batch_is_stored_once_it_goes_through(
-    sandbox: tuple[CustomerioSandbox, str], store: Store, http: httpx.AsyncClient
+    sandbox: tuple[CustomerioSandbox, str], store: SQLiteStore, http: httpx.AsyncClient
 ) -> None:
     box, url = sandbox
     destination = CustomerioDestination("customerio", options(url, identifier="email"), http, memory(store))

@@ -25,7 +25,7 @@ from loopwire.pipeline.delivery import Courier
 from loopwire.sandbox.segment import SegmentSandbox
 from loopwire.settings import Duration, Secret
 from loopwire.sources.customerio_parse import parse_webhook
-from loopwire.store import Store
+from loopwire.store import SQLiteStore
 from tests.conftest import wait_until
 from tests.helpers.servers import serve_app
 
@@ -285,7 +285,7 @@ async def test_delivery_loop_batches_within_the_limits_and_dead_letters_an_overs
 ) -> None:
     box, url = sandbox
     destination = SegmentDestination("segment", options(url, body_content=True), http)
-    store = Store(tmp_path / "loopwire.db")
+    store = SQLiteStore(tmp_path / "loopwire.db")
     try:
         events = [big_sent(i, 30_000) for i in range(40)]  # each just under 32 KB: ~1.2 MB in all
         events.append(big_sent(99, 40_000))  # over 32 KB once mapped
