@@ -259,6 +259,32 @@ def matches_sql(names: Iterable[str]) -> Term:
     return condition, (*message_args, *named_args, *kind_args)
 
 
+def lasting_sql(audiences: Mapping[str, AudienceDefinition]) -> Term:
+    """An SQL condition on a log row: some audience may read it at any age — an event a `first`,
+    `last`, `since` or `sum` selects (they look at the whole history, so an unbounded `within`
+    counts too), or a row `profile_of` reads when an audience reads the profile. Retention keeps
+    these rows (store/retention.py). A row a windowed selector takes is not in it: the config makes
+    `store.retention.events` at least as long as every window (`longest_window`)."""
+    wanted = needs(audiences)
+    names = {name for selector in wanted.selectors if selector.horizon is None for name in selector.names}
+    terms: list[str] = []
+    args: tuple[Any, ...] = ()
+    if names:
+        condition, args = matches_sql(names)
+        terms.append(f"({condition})")
+    if wanted.profile:
+        terms.append(f"({_PROFILE_ROW})")
+    if not terms:
+        return "0", ()
+    return f"(user_id IS NOT NULL AND ({' OR '.join(terms)}))", args
+
+
+def longest_window(definition: AudienceDefinition) -> int:
+    """The longest bounded window (ms) an audience's conditions and carried values look back over."""
+    horizons = [s.horizon for s in needs({"": definition}).selectors if s.horizon is not None]
+    return max(horizons, default=0)
+
+
 def _in_range(sql: str, args: tuple[Any, ...], lo: Bound, hi: Bound) -> tuple[str, tuple[Any, ...]]:
     if lo is not None:
         sql, args = sql + " AND user_id >= ?", (*args, lo)
