@@ -68,6 +68,18 @@ SELECT dest FROM d WHERE dest IS NOT NULL
 """
 
 
+class Footprint(msgspec.Struct, frozen=True):
+    """The store on disk: the file, its WAL, and how much of them is free pages (freed by deletes
+    and not yet given back to the file system)."""
+
+    file_bytes: int
+    wal_bytes: int
+    free_bytes: int
+    # Free pages are given back after each retention run: new stores are made so (migration 11's
+    # release); an older one until `loopwire vacuum` (docs/operations.md#retention).
+    incremental_vacuum: bool
+
+
 class Claimed(msgspec.Struct, frozen=True):
     seq: int
     attempts: int  # including the one now starting
@@ -285,6 +297,19 @@ class Store:
         self._jobs.put((_Alone(job), (loop, future)))
         return await future
 
+    def vacuum(self) -> None:
+        """`loopwire vacuum`: rewrite the file with `auto_vacuum=INCREMENTAL` (a store made before
+        migration 11 has `none`, which only a VACUUM can change) and checkpoint the WAL into it."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            when_unlocked(lambda: conn.execute("VACUUM"))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        future: Future[None] = Future()
+        self._jobs.put((_Alone(job), future))
+        future.result()
+
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
         future: Future[T] = Future()
         self._jobs.put((job, future))
@@ -414,6 +439,29 @@ class Store:
             return int(last - trimmed)
 
         return self.read(query)
+
+    def oldest_event_ms(self) -> int | None:
+        """When the oldest event still in the log was received: the first row by primary key."""
+        row = self.read(lambda c: c.execute("SELECT received_ms FROM events ORDER BY seq LIMIT 1").fetchone())
+        return None if row is None else int(row[0])
+
+    def size_on_disk(self) -> Footprint:
+        """Two stats and three pragmas, whatever the size of the log."""
+
+        def size(path: str) -> int:
+            try:
+                return os.stat(path).st_size
+            except OSError:  # no WAL (yet), or an in-memory store
+                return 0
+
+        def pragmas(c: sqlite3.Connection) -> list[int]:
+            return [
+                int(c.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("freelist_count", "page_size", "auto_vacuum")
+            ]
+
+        free, page, auto_vacuum = self.read(pragmas)
+        return Footprint(size(self.path), size(f"{self.path}-wal"), free * page, auto_vacuum == 2)
 
     def dead_letters(self, dest: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = (
