@@ -65,7 +65,9 @@ def settle(store: Store, dest: str, states: dict[int, str], at_ms: int) -> None:
 
 
 def seqs(store: Store) -> list[int]:
-    return [seq for (seq,) in store.read(lambda c: c.execute("SELECT seq FROM events ORDER BY seq").fetchall())]
+    return [
+        seq for (seq,) in store.read(lambda c: c.execute("SELECT seq FROM events ORDER BY seq").fetchall())
+    ]
 
 
 def outbox(store: Store) -> dict[tuple[str, int], str]:
@@ -73,7 +75,9 @@ def outbox(store: Store) -> dict[tuple[str, int], str]:
     return {(dest, seq): state for dest, seq, state in rows}
 
 
-def cutoffs(events: float | None = None, delivered: float | None = None, dead: float | None = None) -> Cutoffs:
+def cutoffs(
+    events: float | None = None, delivered: float | None = None, dead: float | None = None
+) -> Cutoffs:
     def before(days: float | None) -> int | None:
         return None if days is None else NOW - int(days * DAY)
 
@@ -170,7 +174,9 @@ def test_small_batches_delete_the_same_rows(tmp_path: Path) -> None:
 
 
 def test_an_event_newer_than_the_identity_graphs_cursor_stays(tmp_path: Path) -> None:
-    config = parse_config(yaml.safe_dump({"store": {"path": str(tmp_path / "log.db"), "retention": {"events": "30d"}}}))
+    config = parse_config(
+        yaml.safe_dump({"store": {"path": str(tmp_path / "log.db"), "retention": {"events": "30d"}}})
+    )
     store = Store(config.store.path)
     try:
         store.append_sync([event(n, 100) for n in range(1, 7)], [[]] * 6)
