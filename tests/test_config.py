@@ -99,3 +99,4 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
     assert set(config.audiences) == {"cart_abandoners", "recent_purchasers", "high_intent", "clickers"}
     assert config.experiments["cart_journey"].audience == "cart_abandoners"
+    assert config.store.retention.events == 90 * 86_400  # and covers the example's windows
