@@ -297,6 +297,29 @@ class Store:
         self._jobs.put((_Alone(job), (loop, future)))
         return await future
 
+    async def write_unenforced(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """A write in one transaction of its own with foreign keys not enforced, for deleting
+        events: the outbox is keyed by destination, then seq, so SQLite could only look for the
+        rows referencing an event by scanning the whole outbox, once per event deleted. The job
+        checks them itself, by key, in the same transaction (store/retention.py)."""
+
+        def alone(conn: sqlite3.Connection) -> T:
+            conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before BEGIN
+            try:
+                _locked(conn, "BEGIN IMMEDIATE")
+                try:
+                    result = job(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            finally:
+                conn.execute("PRAGMA foreign_keys=ON")
+            self.commits += 1
+            return result
+
+        return await self.write_alone(alone)
+
     def vacuum(self) -> None:
         """`loopwire vacuum`: rewrite the file with `auto_vacuum=INCREMENTAL` (a store made before
         migration 11 has `none`, which only a VACUUM can change) and checkpoint the WAL into it."""
