@@ -90,6 +90,8 @@ def serve(
 
     Customer.io webhooks are checked and committed by an ingest process the server starts beside
     itself and stops with itself (`server.ingest_process: false` keeps it all in one process).
+    With `store.retention` set, old rows of the log and the outboxes are trimmed in the background
+    (docs/operations.md#retention).
 
     The console (`/`) and `/api/*` need the token in `LOOPWIRE_CONSOLE_TOKEN` (log in at `/login`);
     without one the console stays locked and the server refuses to listen on a non-loopback address.

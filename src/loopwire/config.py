@@ -17,7 +17,6 @@ import yaml
 from loopwire.audiences.definitions import AudienceDefinition
 from loopwire.audiences.holdouts import Experiment
 from loopwire.audiences.library import resolve_audiences
-from loopwire.audiences.recompute import longest_window
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.destinations.segment.options import SegmentOptions
@@ -267,6 +266,10 @@ def _check_retention(
     events = retention.events
     if events is None:
         return
+    # Imported here: the recompute's module (and the engine it uses) is not needed to read a config
+    # without retention, nor by the ingest process, which imports this module.
+    from loopwire.audiences.recompute import longest_window
+
     if events < MIN_EVENTS_RETENTION:
         raise fail(
             f"must be at least 7d (got {_span(events)}): the log is loopwire's dedupe of event ids, and"
