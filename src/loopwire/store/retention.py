@@ -15,10 +15,10 @@ Every step is one job of the store's writer, one transaction of a few hundred ro
 holds the write lock the ingest process also needs for long), and counts what it deleted in
 `retention_tally` in the same transaction. A step that deletes events is a transaction of its own
 without foreign-key enforcement (`Store.write_unenforced`: SQLite would scan the outbox for each
-event), which checks the event's outbox rows by key itself. Rows are walked by primary key from the start of the log up to the seq at which
-rows become recent (`boundary`, a binary search, since seqs and receipt times grow together), so a
-run reads the old part of the log once and no index on time is needed. The conditions above are
-checked on each row: the walk only bounds where to look.
+event), which checks the event's outbox rows by key itself. Rows are walked by primary key from the
+start of the log up to the seq at which rows become recent (`boundary`, a binary search, since seqs
+and receipt times grow together), so a run reads the old part of the log once and no index on time
+is needed. The conditions above are checked on each row: the walk only bounds where to look.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ KINDS = ("events", "delivered", "skipped", "dead")  # `retention_tally.kind`, th
 # short enough that a webhook's commit waiting for the lock is not held up for long.
 BATCH_ROWS = 500
 VACUUM_PAGES = 2_000  # pages given back per `PRAGMA incremental_vacuum` (8 MB at 4 KiB pages)
-_UNDELIVERED = "('pending', 'in_flight', 'dead')"  # an event with such a row is still owed
-# `+state` (a unary plus) keeps SQLite from reading these through `outbox_ready` (dest, state, …),
-# which would walk every delivered row of a destination: the primary key (dest, seq) is the way.
+# An event with such a row is still owed. In the statements below, `+state` (a unary plus) keeps
+# SQLite from reading the outbox through `outbox_ready` (dest, state, …), which would walk every
+# delivered row of a destination: the primary key (dest, seq) is the way.
+_UNDELIVERED = "('pending', 'in_flight', 'dead')"
 _JSON = msgspec.json.Encoder().encode
 
 Term = tuple[str, tuple[Any, ...]]  # an SQL condition on an events row and its parameters
