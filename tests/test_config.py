@@ -99,6 +99,7 @@ def test_commented_examples_in_the_annotated_config_load_too() -> None:
     assert config.sources.segment_api is not None and config.sources.amplitude_api is not None
     assert set(config.audiences) == {"cart_abandoners", "recent_purchasers", "high_intent", "clickers"}
     assert config.experiments["cart_journey"].audience == "cart_abandoners"
+    assert config.store.retention.events == 90 * 86_400  # and covers the example's windows
 
 
 PG = "store:\n  type: postgres\n  dsn: ${LOOPWIRE_PG_DSN}\n"
@@ -122,6 +123,7 @@ def test_a_postgres_store_takes_its_dsn_from_the_environment_and_never_prints_it
         ("store:\n  type: mysql\n", "store.type", 2, "mysql"),
         (PG + "server:\n  ingest_process: true\n", "server.ingest_process", 5, "SQLite store"),
         (PG + "identity:\n  graph: true\n", "identity.graph", 5, "SQLite store"),
+        (PG + "  retention:\n    events: 30d\n", "store.retention", 4, "SQLite store"),
     ],
 )
 def test_a_store_section_that_cannot_work_names_its_key(text: str, key: str, line: int, words: str) -> None:

@@ -28,11 +28,12 @@ from loopwire.ingest_process import IngestProcess, Spec
 from loopwire.metrics import IdentitySnapshot, Metrics, Snapshot
 from loopwire.pipeline.delivery import Courier
 from loopwire.pipeline.identity_graph import FollowerProcess
+from loopwire.pipeline.retention import Retention
 from loopwire.pipeline.router import Ingest
 from loopwire.sources.amplitude_api import AmplitudeApi
 from loopwire.sources.customerio_webhooks import CustomerioWebhooks
 from loopwire.sources.segment_api import SegmentApi
-from loopwire.store import SentMemory, Store, open_store
+from loopwire.store import SentMemory, Store, open_store, retention
 from loopwire.store import audiences as audience_store
 from loopwire.store import console as console_store
 from loopwire.store import identity as identity_graph
@@ -77,6 +78,10 @@ class Runtime:
             self.identity = FollowerProcess(
                 config.store.path, external_attribute(config), self.metrics.identity_restarts.inc
             )
+        # old rows of the log and the outboxes trimmed in the background (store.retention; off by default)
+        self.retention: Retention | None = None
+        if config.store.retention.enabled:
+            self.retention = Retention(self.store, config, clock)
         self._ready: tuple[float, int, dict[str, Any]] | None = None
         self._ready_lock = asyncio.Lock()
         self.ingest = Ingest(
@@ -113,6 +118,8 @@ class Runtime:
             # the graph's file exists (schema, WAL) before its follower's process opens it too
             await asyncio.to_thread(identity_graph.of, self.store)
             await self.identity.start()
+        if self.retention is not None:
+            self.retention.start()
         self.paused |= set(await asyncio.to_thread(console_store.paused, self.store)) & set(self.destinations)
         for name in self.destinations:
             if name in self.paused:
@@ -145,6 +152,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.ingest_process is not None:
             await self.ingest_process.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self.identity is not None:
@@ -210,10 +219,24 @@ class Runtime:
 
 def status_report(store: Store, destinations: Mapping[str, DestinationOptions]) -> dict[str, Any]:
     """Events in the log; outbox rows per state, per destination; which destinations are paused; the
-    reasons for dead and skipped rows (the console, `/api/status` and `loopwire status`)."""
+    reasons for dead and skipped rows; the store's size on disk, its oldest event and what retention
+    deleted (the console, `/api/status` and `loopwire status`). Delivered and skipped counts are
+    lifetime totals: retention's deletes leave them (migration 11); pending, in flight and dead are
+    the rows there now. Every figure is a tally, an index descent or a stat: no full scan."""
     counts = store.counts(destinations)
+    footprint = store.size_on_disk()
     return {
         "events": store.event_count(),
+        "oldest_event_ms": store.oldest_event_ms(),
+        "store": {
+            "path": store.path,
+            "bytes": footprint.file_bytes + footprint.wal_bytes,
+            "file_bytes": footprint.file_bytes,
+            "wal_bytes": footprint.wal_bytes,
+            "free_bytes": footprint.free_bytes,
+            "incremental_vacuum": footprint.incremental_vacuum,
+        },
+        "retention_deleted": retention.deleted(store),
         "destinations": counts,
         "paused": sorted(
             {name for name, options in destinations.items() if options.paused}
@@ -237,13 +260,18 @@ def monitoring_snapshot(store: Store, config: Config, now_ms: int) -> Snapshot:
             problems=identity.problems(tally, identity.primary_kind(config)),
             matched=matched,
             match_rates=match_rates,
-            lag_events=max(0, store.event_count() - tally.cursor),
+            lag_events=max(0, store.last_seq() - tally.cursor),
         )
+    footprint = store.size_on_disk()
+    first = store.oldest_event_ms()
     return Snapshot(
         outbox=store.counts(config.destinations),
         oldest_pending_age_s={dest: max(0.0, (now_ms - ms) / 1000) for dest, ms in oldest.items()},
         audiences=audience_store.audience_tally(store),
         identity=ident,
+        retention=retention.deleted(store) if config.store.retention.enabled else None,
+        store_bytes={"db": footprint.file_bytes, "wal": footprint.wal_bytes},
+        oldest_event_age_s=0.0 if first is None else max(0.0, (now_ms - first) / 1000),
     )
 
 

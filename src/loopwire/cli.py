@@ -90,6 +90,8 @@ def serve(
 
     Customer.io webhooks are checked and committed by an ingest process the server starts beside
     itself and stops with itself (`server.ingest_process: false` keeps it all in one process).
+    With `store.retention` set, old rows of the log and the outboxes are trimmed in the background
+    (docs/operations.md#retention).
 
     The console (`/`) and `/api/*` need the token in `LOOPWIRE_CONSOLE_TOKEN` (log in at `/login`);
     without one the console stays locked and the server refuses to listen on a non-loopback address.
@@ -308,9 +310,26 @@ def test_connection(
     raise typer.Exit(0 if result.ok else 1)
 
 
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TB"  # unreachable; for the type checker
+
+
+def _when(ms: int | None) -> str:
+    return "—" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
 @app.command()
 def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = False) -> None:
-    """Counts per state, per destination, and the reasons for dead and skipped events.
+    """Counts per state, per destination, and the reasons for dead and skipped events; the store's
+    size on disk (file + WAL), when its oldest event was received, and what retention deleted.
+
+    Delivered and skipped are lifetime totals (retention's deletes leave them); pending, in flight
+    and dead are the rows there now.
 
     Example: `loopwire status --config loopwire.yaml`
     """
@@ -335,9 +354,58 @@ def status(config: ConfigOption = Path("loopwire.yaml"), as_json: JsonOption = F
             label, *(str(states.get(s, 0)) for s in ("pending", "in_flight", "delivered", "skipped", "dead"))
         )
     out.print(table)
+    disk = report["store"]
+    line = f"store    {_bytes(disk['bytes'])} on disk (WAL {_bytes(disk['wal_bytes'])}"
+    if disk["free_bytes"]:
+        line += f", {_bytes(disk['free_bytes'])} free inside"
+        if not disk["incremental_vacuum"]:
+            line += "; `loopwire vacuum` gives it back"
+    out.print(line + ")", highlight=False)
+    out.print(f"oldest   event received {_when(report['oldest_event_ms'])}", highlight=False)
+    trimmed = report["retention_deleted"]
+    if any(trimmed.values()):
+        out.print(
+            f"retention deleted {trimmed['events']} events, {trimmed['delivered']} delivered,"
+            f" {trimmed['skipped']} skipped and {trimmed['dead']} dead outbox rows",
+            highlight=False,
+        )
     for title, key in (("dead", "dead_reasons"), ("skipped", "skip_reasons")):
         for row in report[key]:
             out.print(f"{title:8} {row['count']:>7}  {row['destination']}: {row['reason']}", highlight=False)
+
+
+@app.command()
+def vacuum(config: ConfigOption = Path("loopwire.yaml")) -> None:
+    """Rewrite the store file compactly and make it give freed pages back from now on.
+
+    Stores made before loopwire's retention (migration 11) keep the pages retention frees inside the
+    file, for reuse; this rewrites the file once (`VACUUM`, with `auto_vacuum=INCREMENTAL`), after
+    which `loopwire serve` gives them back after every retention run. It holds the store's write
+    lock throughout and needs free disk space about the size of the file: stop `loopwire serve`
+    first (ingest would wait, then answer 503).
+
+    Example: `loopwire vacuum --config loopwire.yaml`
+    """
+    from loopwire.store import SQLiteStore
+
+    cfg = _load(config)
+    if cfg.store.type != "sqlite":
+        err.print("`loopwire vacuum` rewrites a SQLite file; PostgreSQL reclaims space itself (VACUUM)")
+        raise typer.Exit(1)
+    store = SQLiteStore(cfg.store.path, recover=False)
+    try:
+        before = store.size_on_disk()
+        started = time.monotonic()
+        store.vacuum()
+        after = store.size_on_disk()
+    finally:
+        store.close()
+    out.print(
+        f"{cfg.store.path}: {_bytes(before.file_bytes + before.wal_bytes)} → "
+        f"{_bytes(after.file_bytes + after.wal_bytes)} in {time.monotonic() - started:.1f} s;"
+        " freed pages are now given back after each retention run",
+        highlight=False,
+    )
 
 
 @dlq_app.command("list")

@@ -26,6 +26,33 @@ from loopwire.settings import Duration, Secret, dec_hook
 DestinationOptions = AmplitudeOptions | SegmentOptions | CustomerioOptions
 
 
+# Customer.io retries a webhook for up to 7 days (reference/customerio.md §1.1) and Amplitude
+# dedupes an insert_id for 7 days (amplitude.md §2.4). The log is loopwire's dedupe of event ids,
+# so an event must stay at least that long, or a late redelivery would be taken for a new event.
+MIN_EVENTS_RETENTION = Duration(7 * 86_400.0)
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long rows stay (docs/operations.md#retention). Every window is unset by default: nothing
+    is deleted unless the operator says so."""
+
+    events: Duration | None = None  # events received longer ago go (with their delivered rows)
+    delivered: Duration | None = None  # delivered and skipped outbox rows settled longer ago go
+    dead: Duration | None = None  # dead letters that died longer ago go (unset: kept until replayed)
+    interval: Duration = Duration(3600.0)  # how often `loopwire serve` trims
+
+    @property
+    def enabled(self) -> bool:
+        return self.events is not None or self.delivered is not None or self.dead is not None
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86_400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # `sqlite`: one file (`path`), the embedded default. `postgres`: one database (`dsn`, a libpq
     # connection string, e.g. `${LOOPWIRE_PG_DSN}`) that several `loopwire serve` nodes share
@@ -35,6 +62,7 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dsn: Secret | None = None
     group_commit_max: int = 512  # most writes folded into one durable transaction
     pool_max: int = 8  # PostgreSQL: read connections per node (and one writer, one lease)
+    retention: RetentionConfig = RetentionConfig()  # off: every row is kept (SQLite only for now)
 
     def __post_init__(self) -> None:
         if self.type == "postgres" and self.dsn is None:
@@ -221,6 +249,7 @@ def parse_config(text: str, env: dict[str, str] | None = None) -> Config:
                 key=f"experiments.{key}.audience",
                 line=_line_for(f"experiments.{key}.audience", lines),
             )
+    _check_retention(config.store.retention, resolved, config.experiments, lines)
     console = _console_secrets(config.console, env, lines)
     result: Config = msgspec.structs.replace(config, destinations=typed, audiences=resolved, console=console)
     return _on_postgres(result, raw, lines) if config.store.type == "postgres" else result
@@ -233,6 +262,12 @@ _SQLITE_ONLY = (("server", "ingest_process"), ("identity", "graph"))
 
 
 def _on_postgres(config: Config, raw: dict[str, Any], lines: dict[str, int]) -> Config:
+    if config.store.retention.enabled:  # (time-partitioned tables on PostgreSQL: not built yet)
+        raise ConfigError(
+            "retention needs a SQLite store for now (store.type is postgres): remove it",
+            key="store.retention",
+            line=lines.get("store.retention"),
+        )
     for section, key in _SQLITE_ONLY:
         given = raw.get(section) or {}
         if isinstance(given, dict) and given.get(key) is True:
@@ -246,6 +281,62 @@ def _on_postgres(config: Config, raw: dict[str, Any], lines: dict[str, int]) -> 
         server=msgspec.structs.replace(config.server, ingest_process=False),
         identity=msgspec.structs.replace(config.identity, graph=False),
     )
+
+
+def _check_retention(
+    retention: RetentionConfig,
+    audiences: dict[str, AudienceDefinition],
+    experiments: dict[str, Experiment],
+    lines: dict[str, int],
+) -> None:
+    """`store.retention.events` covers every window that looks back a bounded time: an audience's
+    `within` / `ago.max` (events an unbounded `first`, `last`, `since` or `sum` selects, and the
+    rows a `profile` condition reads, are kept whatever their age: store/retention.py), and an
+    experiment's conversion window (the lift report counts the conversions and messages in it)."""
+
+    def fail(message: str, name: str) -> ConfigError:
+        key = f"store.retention.{name}"
+        return ConfigError(message, key=key, line=_line_for(key, lines))
+
+    for name in ("events", "delivered", "dead", "interval"):
+        value = getattr(retention, name)
+        if value is not None and value <= 0:
+            keep = "" if name == "interval" else " (leave it out to keep these rows)"
+            raise fail(f"must be longer than zero{keep}", name)
+    events = retention.events
+    if events is None:
+        return
+    # Imported here: the recompute's module (and the engine it uses) is not needed to read a config
+    # without retention, nor by the ingest process, which imports this module.
+    from loopwire.audiences.recompute import longest_window
+
+    if events < MIN_EVENTS_RETENTION:
+        raise fail(
+            f"must be at least 7d (got {_span(events)}): the log is loopwire's dedupe of event ids, and"
+            " Customer.io retries a webhook for up to 7 days",
+            "events",
+        )
+    if retention.delivered is not None and retention.delivered > events:
+        raise fail(
+            f"{_span(retention.delivered)} is longer than `events` ({_span(events)}): a delivered row"
+            " goes with its event; make it at most that or leave it out",
+            "delivered",
+        )
+    needed: list[tuple[float, str]] = [
+        (longest_window(definition) / 1000, f"audience {name!r} looks back {{span}}")
+        for name, definition in audiences.items()
+    ]
+    needed += [
+        (float(experiment.window), f"experiment {name!r} has a {{span}} conversion window")
+        for name, experiment in experiments.items()
+    ]
+    for seconds, what in sorted(needed, key=lambda item: -item[0]):
+        if seconds > events:
+            raise fail(
+                f"{_span(events)} is shorter than what the log must hold: {what.format(span=_span(seconds))};"
+                f" make it at least {_span(seconds)}",
+                "events",
+            )
 
 
 CONSOLE_TOKEN_ENV = "LOOPWIRE_CONSOLE_TOKEN"

@@ -313,7 +313,7 @@ def report(store: Store, config: Config, examples: int = 20) -> IdentityReport:
         match_rates=match_rates,
         matched=matched,
         examples={name: [_label(group) for group in rows] for name, rows in groups.items()},
-        lag_events=max(0, store.event_count() - tally.cursor),
+        lag_events=max(0, store.last_seq() - tally.cursor),
         identifiers=tally.identifiers,
         enabled=config.identity.graph,
     )

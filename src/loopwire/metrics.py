@@ -120,6 +120,9 @@ class Snapshot(msgspec.Struct, frozen=True):
     oldest_pending_age_s: dict[str, float]  # destination → age of its oldest pending/in-flight row
     audiences: dict[str, tuple[int, int, int]]  # audience → (members, entered, exited)
     identity: IdentitySnapshot | None = None  # None: identity.graph is off
+    retention: dict[str, int] | None = None  # kind → rows retention deleted (kept in the store)
+    store_bytes: dict[str, int] = {}  # file (db, wal) → bytes on disk
+    oldest_event_age_s: float = 0.0  # age of the oldest event in the log (by receipt); 0: empty
 
 
 class StoreCollector(Collector):
@@ -165,6 +168,27 @@ class StoreCollector(Collector):
             changes.add_metric([audience, "exited"], exited)
         yield members
         yield changes
+        disk = GaugeMetricFamily(
+            "loopwire_store_size_bytes", "The store's SQLite file and its WAL on disk", labels=["file"]
+        )
+        for part, count in sorted(snap.store_bytes.items()):
+            disk.add_metric([part], count)
+        yield disk
+        yield GaugeMetricFamily(
+            "loopwire_log_oldest_event_age_seconds",
+            "Age of the oldest event still in the log, from its receipt; 0 when the log is empty",
+            value=snap.oldest_event_age_s,
+        )
+        if snap.retention is not None:
+            deleted = CounterMetricFamily(
+                "loopwire_retention_deleted_rows",
+                "Rows retention deleted, as kept in the store (they survive restarts): events, and"
+                " outbox rows that were delivered, skipped or dead",
+                labels=["kind"],
+            )
+            for kind, count in snap.retention.items():
+                deleted.add_metric([kind], count)
+            yield deleted
         ident = snap.identity
         if ident is None:
             return

@@ -325,6 +325,23 @@ class RangeResult(NamedTuple):
     timers: dict[str, int | None]
 
 
+def lasting_names(audiences: Mapping[str, AudienceDefinition]) -> tuple[set[str], bool]:
+    """What some audience may read at any age: the event names a `first`, `last`, `since` or `sum`
+    selects (they look at the whole history, so an unbounded `within` counts too), and whether an
+    audience reads the profile (`profile_of`'s rows). Retention keeps those rows
+    (store/retention.py `keep_sql`). A row a windowed selector takes is not among them: the config
+    makes `store.retention.events` at least as long as every window (`longest_window`)."""
+    wanted = needs(audiences)
+    names = {name for selector in wanted.selectors if selector.horizon is None for name in selector.names}
+    return names, bool(wanted.profile)
+
+
+def longest_window(definition: AudienceDefinition) -> int:
+    """The longest bounded window (ms) an audience's conditions and carried values look back over."""
+    horizons = [s.horizon for s in needs({"": definition}).selectors if s.horizon is not None]
+    return max(horizons, default=0)
+
+
 def changed(
     definition: AudienceDefinition, result: Result, old: Membership | None, now_ms: int
 ) -> Membership | None:

@@ -27,6 +27,18 @@ Dialect = Literal["sqlite", "postgres"]
 STATES = ("pending", "in_flight", "delivered", "dead", "skipped")
 
 
+class Footprint(msgspec.Struct, frozen=True):
+    """The store on disk: the file, its WAL, and how much of them is free pages (freed by deletes
+    and not yet given back to the file system)."""
+
+    file_bytes: int
+    wal_bytes: int
+    free_bytes: int
+    # Free pages are given back after each retention run: new stores are made so (migration 11's
+    # release); an older one until `loopwire vacuum` (docs/operations.md#retention).
+    incremental_vacuum: bool
+
+
 class Claimed(msgspec.Struct, frozen=True):
     seq: int
     attempts: int  # including the one now starting
@@ -108,6 +120,16 @@ class Store(Protocol):
     def append_sync(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> list[bool]: ...
 
     def event_count(self) -> int: ...
+
+    def last_seq(self) -> int:
+        """The seq of the newest event (how many were ever logged)."""
+        ...
+
+    def oldest_event_ms(self) -> int | None:
+        """When the oldest event still in the log was received (None: an empty log)."""
+        ...
+
+    def size_on_disk(self) -> Footprint: ...
 
     def scan_events(self, since_ms: int, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """(seq, encoded Event) of logged events that happened at or after `since_ms`, in log order."""

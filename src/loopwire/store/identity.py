@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -197,6 +198,24 @@ def _cursor(conn: Connection) -> int:
 
 def cursor(store: Store) -> int:
     return of(store).read(_cursor)
+
+
+def folded_through(store_path: str) -> int | None:
+    """The graph's cursor, read from its file without creating it (retention keeps what the graph
+    has not folded yet): None when there is no graph file, 0 while it is being created."""
+    path = Path(graph_path(store_path))
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        return _cursor(conn)
+    except sqlite3.Error:  # no schema yet
+        return 0
+    finally:
+        conn.close()
 
 
 def meta(store: Store) -> dict[str, str]:

@@ -235,6 +235,27 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE id_meta;
     DELETE FROM cursors WHERE name = 'identity';
     """,
+    # 11: retention (store.retention, docs/operations.md#retention). `retention_tally`: rows deleted
+    #     by retention, by kind (events, delivered, skipped, dead), so the status can say how many
+    #     events the log holds (MAX(seq) minus the events deleted: still no count of every row) and
+    #     /metrics can count deletions across restarts. `outbox_tally` keeps lifetime totals of
+    #     delivered and skipped rows: an operator reads "delivered 1,204,337" as everything ever
+    #     delivered, which must not drop when old rows are trimmed, so the delete trigger now only
+    #     takes dead rows off (the dead-letter count is the queue as it is: `dlq list` shows the
+    #     same rows). Retention is the only thing that deletes outbox rows.
+    """
+    CREATE TABLE retention_tally (
+        kind TEXT PRIMARY KEY,
+        n    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    DROP TRIGGER outbox_tally_delete;
+    CREATE TRIGGER outbox_tally_delete AFTER DELETE ON outbox
+    WHEN old.state = 'dead'
+    BEGIN
+        UPDATE outbox_tally SET n = n - 1 WHERE dest = old.dest AND state = 'dead'
+            AND reason = COALESCE(old.reason, '');
+    END;
+    """,
 )
 
 

@@ -44,7 +44,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from loopwire.model import Event, encode_event
-from loopwire.store.base import STATES, Claimed, ScanTarget, Settlement
+from loopwire.store.base import STATES, Claimed, Footprint, ScanTarget, Settlement
 from loopwire.store.postgres_schema import APPEND_LOCK, lead_lock, migrate
 
 # the SQLite writer's helpers that hand results to waiting threads and event loops
@@ -374,6 +374,23 @@ class Store:
         future: Future[list[bool]] = Future()
         self._jobs.put((_Append(events, routes), future))
         return future.result()
+
+    def last_seq(self) -> int:
+        with self._raw() as conn:
+            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def oldest_event_ms(self) -> int | None:
+        with self._raw() as conn:
+            row = conn.execute("SELECT received_ms FROM events ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
+
+    def size_on_disk(self) -> Footprint:
+        """The database's size as PostgreSQL counts it (its WAL and free space are the server's)."""
+        with self._raw() as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        size = int(row[0]) if row is not None else 0
+        return Footprint(file_bytes=size, wal_bytes=0, free_bytes=0, incremental_vacuum=False)
 
     def event_count(self) -> int:
         # seqs are consecutive from 1 (see `_append`): MAX is the count, one index descent

@@ -210,6 +210,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM cursors WHERE name = 'identity';
     """,
+    # 11: retention's tally of deleted rows, and delivered/skipped counts that are lifetime totals
+    #     (see SQLite's migration 11; retention itself runs on SQLite only for now: config.py)
+    """
+    CREATE TABLE retention_tally (
+        kind TEXT PRIMARY KEY,
+        n    BIGINT NOT NULL
+    );
+    CREATE OR REPLACE FUNCTION outbox_tally_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE outbox_tally AS t SET n = t.n - gone.n FROM (
+            SELECT dest, state, COALESCE(reason, '') AS reason, COUNT(*) AS n
+            FROM old_rows WHERE state = 'dead' GROUP BY 1, 2, 3
+        ) AS gone
+        WHERE t.dest = gone.dest AND t.state = gone.state AND t.reason = gone.reason;
+        RETURN NULL;
+    END $$;
+    """,
 )
 
 # One number for every lock loopwire takes on a database (pg_advisory_xact_lock's bigint key space

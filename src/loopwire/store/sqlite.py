@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from loopwire.model import Event, encode_event
-from loopwire.store.base import STATES, Claimed, ScanTarget, Settlement
+from loopwire.store.base import STATES, Claimed, Footprint, ScanTarget, Settlement
 from loopwire.store.migrations import migrate
 
 log = logging.getLogger("loopwire.store")
@@ -78,10 +78,15 @@ def _locked(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> s
     handler would sleep 1, 2, 5, 10 … ms at a time when the other one holds the lock for well under
     one, so the writers' connections turn it off (`busy_timeout=0`) and poll every 0.1 ms here. A
     failed attempt has written nothing, so it is simply made again."""
+    return when_unlocked(lambda: conn.execute(sql, params))
+
+
+def when_unlocked(write: Callable[[], T]) -> T:
+    """Make `write` (one statement or script in autocommit) once the write lock is free (`_locked`)."""
     deadline = 0.0
     while True:
         try:
-            return conn.execute(sql, params)
+            return write()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
@@ -125,6 +130,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def connect(path: str | Path) -> sqlite3.Connection:
     _private(str(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        # A new file: pages that retention frees go back to the file system at once
+        # (`PRAGMA incremental_vacuum`). It can only be chosen before the first table, or (later)
+        # with a VACUUM of the whole file: `loopwire vacuum` (docs/operations.md#retention).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: in WAL mode the log is fsync'd at every commit, so a committed event survives power loss.
     conn.execute("PRAGMA synchronous=FULL")
@@ -159,7 +169,7 @@ class Store:
         self._reader = connect(self.path)
         self._read_lock = threading.Lock()
         self._duplicates = _prepare_ingest(conn)
-        self._jobs: queue.SimpleQueue[tuple[Job | _Append, Sink] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Job | _Append | _Alone, Sink] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
         self.commits = 0  # transactions committed (each one fsync)
@@ -189,11 +199,21 @@ class Store:
                     stop = True
                     break
                 batch.append(item)
+            alone: list[tuple[_Alone, Sink]] = []
+            group: list[tuple[Job | _Append, Sink]] = []
+            for work, sink in batch:
+                if isinstance(work, _Alone):
+                    alone.append((work, sink))
+                else:
+                    group.append((work, sink))
             try:
-                self._run_group(conn, batch)
+                if group:
+                    self._run_group(conn, group)
             except Exception as exc:  # a defect: the writer must outlive it, and nobody wait forever
-                log.exception("the store writer failed on a group of %d writes", len(batch))
-                _fail_all(batch, exc)
+                log.exception("the store writer failed on a group of %d writes", len(group))
+                _fail_all(group, exc)
+            for lone, waiter in alone:
+                _run_alone(conn, lone, waiter)
             if stop:
                 return
 
@@ -243,6 +263,53 @@ class Store:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle_futures, items)
+
+    async def write_alone(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """A write the writer makes by itself in autocommit, after the group it arrives with, for
+        what cannot run inside a transaction of Python's sqlite3: a script, such as `PRAGMA
+        incremental_vacuum(N)`, which frees one page per step where `execute` makes one step
+        (`executescript` runs it to the end, and would commit a group's transaction first). The
+        job takes the write lock itself, through `when_unlocked`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((_Alone(job), (loop, future)))
+        return await future
+
+    async def write_unenforced(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """A write in one transaction of its own with foreign keys not enforced, for deleting
+        events: the outbox is keyed by destination, then seq, so SQLite could only look for the
+        rows referencing an event by scanning the whole outbox, once per event deleted. The job
+        checks them itself, by key, in the same transaction (store/retention.py)."""
+
+        def alone(conn: sqlite3.Connection) -> T:
+            conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before BEGIN
+            try:
+                _locked(conn, "BEGIN IMMEDIATE")
+                try:
+                    result = job(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            finally:
+                conn.execute("PRAGMA foreign_keys=ON")
+            self.commits += 1
+            return result
+
+        return await self.write_alone(alone)
+
+    def vacuum(self) -> None:
+        """`loopwire vacuum`: rewrite the file with `auto_vacuum=INCREMENTAL` (a store made before
+        migration 11 has `none`, which only a VACUUM can change) and checkpoint the WAL into it."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            when_unlocked(lambda: conn.execute("VACUUM"))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        future: Future[None] = Future()
+        self._jobs.put((_Alone(job), future))
+        future.result()
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -373,11 +440,48 @@ class Store:
             ).fetchall()
         )
 
-    def event_count(self) -> int:
-        # Events are never deleted and `seq` is a rowid without AUTOINCREMENT (max + 1, reused after
-        # a rollback), so the log holds exactly MAX(seq) events: one B-tree descent instead of a
-        # count of every row. Whatever comes to delete events must keep this true or change it.
+    def last_seq(self) -> int:
+        """The seq of the newest event: how many were ever logged. `seq` is a rowid without
+        AUTOINCREMENT (max + 1, reused after a rollback), and retention never deletes the newest
+        event (store/retention.py), so no seq is ever given out twice."""
         return int(self.read(lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]))
+
+    def event_count(self) -> int:
+        """Events in the log now: every seq up to the newest was taken by one event, and the only
+        deletes are retention's, counted in `retention_tally` (migration 11) in the same
+        transaction; so two B-tree descents instead of a count of every row."""
+
+        def query(c: sqlite3.Connection) -> int:
+            (last,) = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            (trimmed,) = c.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM retention_tally WHERE kind = 'events'"
+            ).fetchone()
+            return int(last - trimmed)
+
+        return self.read(query)
+
+    def oldest_event_ms(self) -> int | None:
+        """When the oldest event still in the log was received: the first row by primary key."""
+        row = self.read(lambda c: c.execute("SELECT received_ms FROM events ORDER BY seq LIMIT 1").fetchone())
+        return None if row is None else int(row[0])
+
+    def size_on_disk(self) -> Footprint:
+        """Two stats and three pragmas, whatever the size of the log."""
+
+        def size(path: str) -> int:
+            try:
+                return os.stat(path).st_size
+            except OSError:  # no WAL (yet), or an in-memory store
+                return 0
+
+        def pragmas(c: sqlite3.Connection) -> list[int]:
+            return [
+                int(c.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("freelist_count", "page_size", "auto_vacuum")
+            ]
+
+        free, page, auto_vacuum = self.read(pragmas)
+        return Footprint(size(self.path), size(f"{self.path}-wal"), free * page, auto_vacuum == 2)
 
     def dead_letters(self, dest: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = (
@@ -539,6 +643,32 @@ def _rows_per_insert(conn: sqlite3.Connection) -> int:
 
 def _rows_sql(head: str, row: str, count: int, tail: str = "") -> str:
     return head + ",".join([row] * count) + tail
+
+
+class _Alone:
+    """A job the writer runs by itself, outside any transaction (`Store.write_alone`)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+
+def _run_alone(conn: sqlite3.Connection, alone: _Alone, sink: Sink) -> None:
+    try:
+        ok, value = True, alone.job(conn)
+    except Exception as exc:
+        _rollback(conn)
+        ok, value = False, exc
+    if isinstance(sink, Future):
+        if ok:
+            sink.set_result(value)
+        else:
+            sink.set_exception(value)
+    else:
+        loop, future = sink
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_futures, [(future, ok, value)])
 
 
 class _Append:

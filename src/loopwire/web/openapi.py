@@ -334,7 +334,10 @@ def _console_paths() -> dict[str, Schema]:
         "/experiments": _page("console: experiments", ("id",)),
         "/identity": _page("console: the identity report"),
         "/person": _page("console: one person (user id or email)", ("key",)),
-        "/api/status": _read("outbox counts and reasons, paused destinations"),
+        "/api/status": _read(
+            "outbox counts and reasons, paused destinations, the store's size on disk, its oldest event"
+            " and what retention deleted"
+        ),
         "/api/dead-letters": _read("dead letters, newest first", ("destination", "reason", "limit")),
         "/api/dead-letters/replay": _action(
             "replay dead letters (one by event_id, or all=1 of a destination and reason)",
