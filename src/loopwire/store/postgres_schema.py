@@ -227,6 +227,10 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END $$;
     """,
+    # 12: the waiting rows by when they were enqueued (see SQLite's migration 12)
+    """
+    CREATE INDEX outbox_waiting ON outbox (dest, enqueued_ms) WHERE state IN ('pending', 'in_flight');
+    """,
 )
 
 # One number for every lock loopwire takes on a database (pg_advisory_xact_lock's bigint key space

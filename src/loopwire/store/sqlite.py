@@ -381,22 +381,19 @@ class Store:
 
     def oldest_undelivered_ms(self, dests: Iterable[str] | None = None) -> dict[str, int]:
         """Per destination (`dests`, or every one with rows), when its oldest pending or in-flight
-        row was enqueued. One range of `outbox_ready` per destination and state: the backlog's rows
-        only (a `state IN (…)` over the whole table walks every delivered row's index entry too)."""
+        row was enqueued: one descent of `outbox_waiting` (migration 12) per destination."""
 
         def query(conn: sqlite3.Connection) -> dict[str, int]:
             names = list(dests) if dests is not None else [d for (d,) in conn.execute(_DESTS_SQL)]
             found: dict[str, int] = {}
             for dest in names:
-                times = [
-                    conn.execute(
-                        "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_ready WHERE dest = ? AND state = ?",
-                        (dest, state),
-                    ).fetchone()[0]
-                    for state in ("pending", "in_flight")
-                ]
-                if any(t is not None for t in times):
-                    found[dest] = min(t for t in times if t is not None)
+                (oldest,) = conn.execute(
+                    "SELECT MIN(enqueued_ms) FROM outbox INDEXED BY outbox_waiting"
+                    " WHERE dest = ? AND state IN ('pending', 'in_flight')",
+                    (dest,),
+                ).fetchone()
+                if oldest is not None:
+                    found[dest] = int(oldest)
             return found
 
         return self.read(query)
