@@ -216,6 +216,9 @@ SELECT dest FROM d WHERE dest IS NOT NULL
 """
 
 
+RECOVER_EVERY_S = 5.0
+
+
 class Store:
     """The PostgreSQL store (`loopwire.store.base.Store`)."""
 
@@ -243,6 +246,26 @@ class Store:
         self.commits = 0
         self.companions: dict[str, Any] = {}
         self._leading: set[str] = set()
+        # A serving node also puts back, every `RECOVER_EVERY_S`, what a node that died while it
+        # runs left in flight: else those rows would wait for a node to start (the issue's "one node
+        # SIGKILLed mid-run": the other delivers them; tests/test_nodes.py).
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
+        if recover:
+            self._reaper = threading.Thread(target=self._reap, name="loopwire-store-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._stopping.wait(RECOVER_EVERY_S):
+            try:
+                with self._raw() as conn:
+                    count = conn.execute(_RECOVER).rowcount
+            except Exception:  # the database is away for a moment: the next round tries again
+                log.exception("could not look for the in-flight rows of nodes that are gone")
+                continue
+            if count:
+                self._recovered += count
+                log.warning("%d in-flight rows of a node that is gone are pending again", count)
 
     @property
     def dialect(self) -> Literal["postgres"]:
@@ -353,6 +376,9 @@ class Store:
         return ScanTarget("postgres", self._dsn)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._reaper is not None:
+            self._reaper.join()
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
