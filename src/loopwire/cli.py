@@ -408,6 +408,71 @@ def vacuum(config: ConfigOption = Path("loopwire.yaml")) -> None:
     )
 
 
+PG_DSN_ENV = "LOOPWIRE_PG_DSN"
+
+
+@app.command()
+def migrate(
+    source: Annotated[str, typer.Option("--from", help="sqlite:PATH, the store to copy.")],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help=f"postgres:DSN, or postgres: alone to read the DSN from ${PG_DSN_ENV} (it keeps a"
+            " password out of the shell's history and the process list).",
+        ),
+    ],
+) -> None:
+    """Copy a SQLite store into a PostgreSQL database, with progress (docs/postgres.md).
+
+    The log is appended after what the target already holds; every other table is replaced. To
+    move a running installation: migrate once while `loopwire serve` runs on SQLite, stop it,
+    migrate again (only what it logged meanwhile is copied from the log), then start it with
+    `store: {type: postgres, dsn: ${LOOPWIRE_PG_DSN}}`. One transaction of the target: an
+    interrupted migrate leaves it as it was.
+
+    Example: `LOOPWIRE_PG_DSN=postgresql://loopwire@db/loopwire loopwire migrate --from sqlite:loopwire.db --to postgres:`
+    """
+    import os
+
+    from rich.progress import Progress
+
+    from loopwire.store.migrate import MigrateError, migrate_store
+    from loopwire.store.postgres import describe
+
+    kind, _, path = source.partition(":")
+    if kind != "sqlite" or not path:
+        err.print(f"--from takes sqlite:PATH, not {source!r}")
+        raise typer.Exit(2)
+    kind, _, dsn = target.partition(":")
+    if kind != "postgres":
+        err.print("--to takes postgres:DSN (or postgres: with the DSN in $LOOPWIRE_PG_DSN)")
+        raise typer.Exit(2)
+    dsn = dsn or os.environ.get(PG_DSN_ENV, "")
+    if not dsn:
+        err.print(f"no DSN: give --to postgres:DSN or set ${PG_DSN_ENV}")
+        raise typer.Exit(2)
+    tasks: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        with Progress(console=err, transient=False, disable=not err.is_terminal) as progress:
+
+            def report(table: str, done: int, total: int) -> None:
+                if table not in tasks:
+                    tasks[table] = progress.add_task(table, total=total or 1)
+                progress.update(tasks[table], completed=done if total else 1)
+
+            copied = migrate_store(path, dsn, report)
+    except MigrateError as exc:
+        err.print(f"migrate: {exc}")
+        raise typer.Exit(1) from None
+    summary = ", ".join(f"{table} {rows:,}" for table, rows in copied if rows)
+    out.print(
+        f"{path} → {describe(dsn)} in {time.monotonic() - started:.1f} s: {summary or 'nothing new'}",
+        highlight=False,
+    )
+
+
 @dlq_app.command("list")
 def dlq_list(
     config: ConfigOption = Path("loopwire.yaml"),

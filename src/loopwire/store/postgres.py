@@ -419,9 +419,13 @@ class Store:
         return Footprint(file_bytes=size, wal_bytes=0, free_bytes=0, incremental_vacuum=False)
 
     def event_count(self) -> int:
-        # seqs are consecutive from 1 (see `_append`): MAX is the count, one index descent
+        # seqs are consecutive from 1 (see `_append`): MAX is the count, one index descent, less
+        # the events a SQLite store's retention had trimmed before it was migrated here
         with self._raw() as conn:
-            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) - COALESCE("
+                "(SELECT SUM(n) FROM retention_tally WHERE kind = 'events'), 0) FROM events"
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def scan_events(self, since_ms: int, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
