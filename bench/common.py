@@ -295,6 +295,11 @@ class WrkRun:
         return self.requests - self.non_2xx
 
 
+def pooled_rate(runs: Sequence[WrkRun]) -> float:
+    """Requests per second over several runs together (each run weighs by its length)."""
+    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
+
+
 def run_wrk(
     url: str,
     script: Path,

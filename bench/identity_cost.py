@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Result, WrkRun, report
+from bench.common import Result, WrkRun, pooled_rate, report
 from bench.webhook_ingest import loopwire_run, write_requests
 from loopwire.store.identity import graph_path
 
@@ -48,10 +48,6 @@ def folded_share(db: Path) -> tuple[int, int]:
         return int(events), int(row[0]) if row else 0
     finally:
         conn.close()
-
-
-def _pooled(runs: list[WrkRun]) -> float:
-    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
 
 
 def run(
@@ -90,7 +86,7 @@ def run(
                             "folded_when_server_stopped": cursor,
                         }
                     )
-    on, off = _pooled(runs["on"]), _pooled(runs["off"])
+    on, off = pooled_rate(runs["on"]), pooled_rate(runs["off"])
     # each round's own ratio too: a drift in the machine's speed between rounds falls on both sides
     paired = sorted(a.rate / b.rate for a, b in zip(runs["on"], runs["off"], strict=True))
     events = max(1, sum(f["events"] for f in folded))

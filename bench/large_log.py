@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Result, WrkRun, mark_identity_folded, report
+from bench.common import Result, WrkRun, mark_identity_folded, pooled_rate, report
 from bench.webhook_ingest import USERS, loopwire_run, write_requests
 from loopwire.store import SQLiteStore
 
@@ -97,10 +97,6 @@ def prepare(path: Path, events: int) -> tuple[int, float]:
     return held, built_s
 
 
-def _pooled(runs: list[WrkRun]) -> float:
-    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
-
-
 def run(
     events: int = 2_000_000,
     duration: int = 8,
@@ -132,9 +128,9 @@ def run(
     return [
         Result(
             name=f"webhook ingest into a log of {events:,} events ({size_gb:.1f} GB)",
-            value=_pooled(runs["big"]),
+            value=pooled_rate(runs["big"]),
             unit="req/s",
-            baseline=_pooled(runs["empty"]),
+            baseline=pooled_rate(runs["empty"]),
             baseline_label="an empty log",
             target=RATIO_TARGET,
             details={

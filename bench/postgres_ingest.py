@@ -28,6 +28,7 @@ from bench.common import (
     amplitude_sandbox,
     free_port,
     loopwire_serve,
+    pooled_rate,
     report,
     run_wrk,
     write_config,
@@ -70,10 +71,6 @@ def postgres_run(work: Path, name: str, dsn: str, requests_file: Path, wrk_args:
     return run
 
 
-def _pooled(runs: list[WrkRun]) -> float:
-    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
-
-
 def run(duration: int = 8, rounds: int = 2, connections: int = 64, count: int = 600_000) -> list[Result]:
     import tempfile
 
@@ -113,17 +110,17 @@ def run(duration: int = 8, rounds: int = 2, connections: int = 64, count: int = 
     return [
         Result(
             name="webhook ingest on PostgreSQL (one node, in the server's process)",
-            value=_pooled(runs["postgres"]),
+            value=pooled_rate(runs["postgres"]),
             unit="req/s",
-            baseline=_pooled(runs["sqlite"]),
+            baseline=pooled_rate(runs["sqlite"]),
             baseline_label="SQLite as users run it",
             details=details,
         ),
         Result(
             name="the same, next to SQLite in one process (no ingest process, no identity graph)",
-            value=_pooled(runs["postgres"]),
+            value=pooled_rate(runs["postgres"]),
             unit="req/s",
-            baseline=_pooled(runs["sqlite-one-process"]),
+            baseline=pooled_rate(runs["sqlite-one-process"]),
             baseline_label="SQLite in one process",
         ),
     ]

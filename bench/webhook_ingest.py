@@ -43,6 +43,7 @@ from bench.common import (
     free_port,
     loopwire_serve,
     personalise,
+    pooled_rate,
     report,
     run_wrk,
     serve,
@@ -194,10 +195,6 @@ def hello_run(
         return run_wrk(f"{server.url}/webhooks/customerio", SCRIPT, args, **wrk_args)
 
 
-def _pooled(runs: list[WrkRun]) -> float:
-    return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
-
-
 def run(
     duration: int = 8,
     connections: int = 64,
@@ -254,9 +251,9 @@ def run(
     rates = {kind: [round(r.rate) for r in kind_runs] for kind, kind_runs in runs.items()}
     throughput = Result(
         name="webhook ingest, durable commit (destination paused: every event queued, none sent)",
-        value=_pooled(runs["loopwire"]),
+        value=pooled_rate(runs["loopwire"]),
         unit="req/s",
-        baseline=_pooled(runs["hello"]),
+        baseline=pooled_rate(runs["hello"]),
         baseline_label="hello-world",
         target=RATIO_TARGET,
         details={
@@ -272,7 +269,7 @@ def run(
     )
     delivering = Result(
         name="webhook ingest with delivery running (its sandbox on the same cores)",
-        value=_pooled(runs["delivering"]),
+        value=pooled_rate(runs["delivering"]),
         unit="req/s",
         baseline=throughput.baseline,
         baseline_label="hello-world",
@@ -285,9 +282,9 @@ def run(
         name="webhook ingest vs the framework alone",
         value=throughput.value,
         unit="req/s",
-        baseline=_pooled(runs["starlette"]),
+        baseline=pooled_rate(runs["starlette"]),
         baseline_label="Starlette hello-world",
-        details={"starlette_vs_bare_ratio": _pooled(runs["starlette"]) / _pooled(runs["hello"])},
+        details={"starlette_vs_bare_ratio": pooled_rate(runs["starlette"]) / pooled_rate(runs["hello"])},
     )
     saturated = Result(
         name=f"the same at {saturation_connections} connections (destination paused)",

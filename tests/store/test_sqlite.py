@@ -7,23 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from loopwire.model import Event
 from loopwire.store import SQLiteStore
 from loopwire.store import sqlite as sqlite_store
 from loopwire.store.migrations import MIGRATIONS
-
-
-def event(n: int) -> Event:
-    return Event(
-        id=f"evt-{n:05d}",
-        source="customerio",
-        kind="message",
-        channel="email",
-        metric="sent",
-        time_ms=1_000 + n,
-        received_ms=5_000,
-        user_id=f"user-{n}",
-    )
+from tests.store.conftest import event
 
 
 @pytest.fixture

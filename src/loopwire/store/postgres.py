@@ -48,7 +48,7 @@ from loopwire.store.base import STATES, Claimed, Footprint, ScanTarget, Settleme
 from loopwire.store.postgres_schema import APPEND_LOCK, lead_lock, migrate
 
 # the SQLite writer's helpers that hand results to waiting threads and event loops
-from loopwire.store.sqlite import Sink, _fail_all, _settle_futures
+from loopwire.store.sqlite import Sink, _fail_all, _settle_futures, take_group
 
 log = logging.getLogger("loopwire.store")
 T = TypeVar("T")
@@ -278,20 +278,10 @@ class Store:
     # -- the writer thread (as the SQLite store's) ------------------------------------------------
     def _writer(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is None:
+            taken = take_group(self._jobs, self._group_max)
+            if taken is None:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < self._group_max:
-                try:
-                    item = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = taken
             try:
                 self._run_group(batch)
             except Exception as exc:  # a defect: the writer must outlive it, and nobody wait forever

@@ -127,6 +127,27 @@ def _rollback(conn: sqlite3.Connection) -> None:
         log.error("could not roll back a failed write: %s", exc)
 
 
+T_Job = TypeVar("T_Job")
+
+
+def take_group(jobs: queue.SimpleQueue[T_Job | None], most: int) -> tuple[list[T_Job], bool] | None:
+    """A writer's next group: the first job waited for, then whatever else is queued, up to `most`.
+    None: told to stop with nothing to do; (group, True): do this group, then stop."""
+    first = jobs.get()
+    if first is None:
+        return None
+    group = [first]
+    while len(group) < most:
+        try:
+            item = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            return group, True
+        group.append(item)
+    return group, False
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     _private(str(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -185,20 +206,10 @@ class Store:
     def _writer(self) -> None:
         conn = self._conn
         while True:
-            first = self._jobs.get()
-            if first is None:
+            taken = take_group(self._jobs, self._group_max)
+            if taken is None:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < self._group_max:
-                try:
-                    item = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = taken
             alone: list[tuple[_Alone, Sink]] = []
             group: list[tuple[Job | _Append, Sink]] = []
             for work, sink in batch:
