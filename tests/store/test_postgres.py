@@ -95,10 +95,15 @@ def test_the_schema_is_sqlites_table_for_table_and_column_for_column(pg_dsn: str
         found: dict[str, set[str]] = {}
         for table, column in conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition)"
         ):
             found.setdefault(table, set()).add(column)
         assert conn.execute("SELECT version FROM loopwire_schema").fetchone() == (len(MIGRATIONS),)
+        partitioned = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'p' ORDER BY relname")
+        assert [name for (name,) in partitioned] == ["events", "outbox"]  # migration 13
     assert found.pop("loopwire_schema") == {"version"}  # SQLite's PRAGMA user_version
+    assert found.pop("event_ids") == {"id", "seq"}  # the dedupe on id, off the partitioned log
+    assert found.pop("log_partitions") == {"n", "low", "high"}
     assert found.pop("outbox") - expected.pop("outbox") == {"claimed_by"}  # which node has it in flight
     assert found == expected
 

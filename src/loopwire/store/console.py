@@ -112,7 +112,13 @@ def dead_letters(
 
 
 def event_body(store: Store, event_id: str) -> bytes | None:
-    row = store.read(lambda c: c.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone())
+    # PostgreSQL's partitioned log has no index on id: `event_ids` maps ids to seqs (its migration 13)
+    sql = (
+        "SELECT body FROM events WHERE id = ?"
+        if store.dialect == "sqlite"
+        else "SELECT body FROM events WHERE seq = (SELECT seq FROM event_ids WHERE id = ?)"
+    )
+    row = store.read(lambda c: c.execute(sql, (event_id,)).fetchone())
     return bytes(row[0]) if row is not None else None
 
 

@@ -27,11 +27,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from loopwire.store.postgres import Store as PostgresStore
+from loopwire.store.postgres_partitions import MIN_PARTITION_SEQS, PARTITION_SPAN_MS, add_partition, top
+from loopwire.store.postgres_schema import APPEND_LOCK
 from loopwire.store.sqlite import Store as SQLiteStore
 
 BATCH = 5_000  # rows read from SQLite at a time
 TALLIES = ("outbox_tally", "audience_tally", "retention_tally")
 SKIPPED = ("ready_probe",)  # rewritten by `GET /readyz` on each side; nothing to carry over
+# PostgreSQL's own (its migration 13): the ids of the log, written here beside the events it copies,
+# and the partitions' bounds, made for them before they are copied
+POSTGRES_ONLY = ("event_ids", "log_partitions")
 Progress = Callable[[str, int, int], None]  # table, rows copied so far, rows to copy
 
 
@@ -50,11 +55,14 @@ def _one(conn: Any, sql: str, args: tuple[Any, ...]) -> Any:
 
 
 def _tables_of_target(conn: Any) -> list[str]:
+    """The target's tables that are the source's too: not its partitions (the parents `events` and
+    `outbox` take the rows), nor what only PostgreSQL keeps (`POSTGRES_ONLY`)."""
     rows = conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        " AND table_type = 'BASE TABLE' AND table_name <> 'loopwire_schema' ORDER BY table_name"
+        " AND table_type = 'BASE TABLE' AND table_name <> 'loopwire_schema'"
+        " AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition) ORDER BY table_name"
     ).fetchall()
-    return [name for (name,) in rows]
+    return [name for (name,) in rows if name not in POSTGRES_ONLY]
 
 
 def _columns(source: sqlite3.Connection, conn: Any, table: str) -> list[str]:
@@ -88,6 +96,33 @@ def _copy(
     return done
 
 
+def _first_seq_at(source: sqlite3.Connection, received_ms: int, low: int, high: int) -> int:
+    while low < high:
+        mid = (low + high) // 2
+        row = source.execute(
+            "SELECT received_ms FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+        ).fetchone()
+        if row is not None and row[0] >= received_ms:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _partition(source: sqlite3.Connection, conn: Any) -> None:
+    """Partitions of the target for the seqs to be copied, each about a day of the source's log by
+    its receipt times (`postgres_partitions`; the first node to start makes one ahead)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+    (last,) = source.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+    start = top(conn)
+    while start <= last:
+        row = source.execute(
+            "SELECT received_ms FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (start,)
+        ).fetchone()
+        edge = _first_seq_at(source, int(row[0]) + PARTITION_SPAN_MS, start, last + 1)
+        start = add_partition(conn, start, max(MIN_PARTITION_SEQS, edge - start)).high
+
+
 def migrate_store(source_path: str | Path, dsn: str, progress: Progress = lambda *_: None) -> list[Copied]:
     path = Path(source_path)
     if not path.exists():
@@ -109,11 +144,15 @@ def migrate_store(source_path: str | Path, dsn: str, progress: Progress = lambda
                         f"the target's log is not this store's: its event at seq {newest} is not"
                         " the source's (migrate into an empty database, or the one migrated before)"
                     )
+            _partition(source, conn)
             copied = [
                 Copied(
                     "events", _copy(source, conn, "events", "WHERE seq > ? ORDER BY seq", (newest,), progress)
                 )
             ]
+            conn.execute(
+                "INSERT INTO event_ids (id, seq) SELECT id, seq FROM events WHERE seq > %s", (newest,)
+            )
             tables = [t for t in _tables_of_target(conn) if t not in ("events", *SKIPPED)]
             ordered = [t for t in tables if t not in TALLIES] + [t for t in TALLIES if t in tables]
             for table in ordered:

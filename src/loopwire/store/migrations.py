@@ -265,6 +265,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX outbox_waiting ON outbox (dest, enqueued_ms) WHERE state IN ('pending', 'in_flight');
     """,
+    # 13: nothing here. PostgreSQL's migration 13 partitions its log by seq so that its retention
+    #     drops old partitions whole (store/postgres_schema.py); SQLite's deletes rows and gives the
+    #     pages back (store/retention.py). Kept as a step so that a schema version means the same
+    #     point on both backends.
+    "",
 )
 
 

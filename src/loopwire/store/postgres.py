@@ -44,6 +44,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from loopwire.model import Event, encode_event
+from loopwire.store import postgres_partitions as partitions
 from loopwire.store.base import STATES, Claimed, Footprint, ScanTarget, Settlement
 from loopwire.store.postgres_schema import APPEND_LOCK, lead_lock, migrate
 
@@ -123,14 +124,22 @@ class _Append:
         self.bodies = [encode_event(e) for e in events]  # encoded on the caller's thread
 
 
-def _append(conn: psycopg.Connection[Any], appends: Sequence[_Append]) -> list[list[bool]]:
+class _Top:
+    """What this node's writer last knew of the partitions' top bound (past the highest seq a
+    partition may hold): it only grows, so a group below it needs no look at `log_partitions`."""
+
+    bound = 0
+
+
+def _append(conn: psycopg.Connection[Any], appends: Sequence[_Append], top: _Top) -> list[list[bool]]:
     """Inside the writer's transaction: per append, True where the event is new."""
     ids = [e.id for a in appends for e in a.events]
     if not ids:
         return [[] for _ in appends]
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-    known = {row[0] for row in conn.execute("SELECT id FROM events WHERE id = ANY(%s)", (ids,))}
+    known = {row[0] for row in conn.execute("SELECT id FROM event_ids WHERE id = ANY(%s)", (ids,))}
     (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone() or (0,)
+    first = last
     columns: list[list[Any]] = [[] for _ in range(11)]
     outbox: list[list[Any]] = [[], [], []]  # dest, seq, received_ms
     results: list[list[bool]] = []
@@ -163,14 +172,20 @@ def _append(conn: psycopg.Connection[Any], appends: Sequence[_Append]) -> list[l
                 outbox[2].append(e.received_ms)
         results.append(fresh)
     if columns[0]:
+        if last >= top.bound:  # past the partitions this node knew of: look, and make what is missing
+            top.bound = partitions.cover(conn, first, last, max(columns[9]))
+        # The events and their ids in one statement; `event_ids`' key is the last word on a
+        # duplicate (it raises: only appends write events, and they hold APPEND_LOCK).
         inserted = conn.execute(
-            "INSERT INTO events (seq, id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)"
+            "WITH added AS (INSERT INTO events (seq, id, source, kind, channel, metric, name, user_id,"
+            " time_ms, received_ms, body)"
             " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bytea[]) ON CONFLICT (id) DO NOTHING",
+            " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bytea[]) RETURNING id, seq)"
+            " INSERT INTO event_ids (id, seq) SELECT id, seq FROM added",
             columns,
         ).rowcount
-        if inserted != len(columns[0]):  # only appends write events, and they hold APPEND_LOCK
-            raise RuntimeError(f"{len(columns[0]) - inserted} new events were already in the log")
+        if inserted != len(columns[0]):
+            raise RuntimeError(f"{len(columns[0]) - inserted} new events were not logged")
     if outbox[0]:
         conn.execute(
             "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)"
@@ -232,6 +247,7 @@ class Store:
         try:
             self._lease.execute("SELECT pg_advisory_lock(%s)", (self._node,))
             migrate(self._lease)
+            self._ahead(None)
             self._recovered = self._lease.execute(_RECOVER).rowcount if recover else 0
             self._conn = psycopg.connect(dsn, autocommit=False)
         except BaseException:
@@ -240,6 +256,7 @@ class Store:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_max, kwargs={"autocommit": True}, name="loopwire-read", open=True
         )
+        self._top = _Top()
         self._jobs: queue.SimpleQueue[tuple[Job | _Append, Sink] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
@@ -254,6 +271,12 @@ class Store:
         if recover:
             self._reaper = threading.Thread(target=self._reap, name="loopwire-store-reaper", daemon=True)
             self._reaper.start()
+
+    def _ahead(self, now_ms: int | None) -> None:
+        try:
+            partitions.ensure_ahead(self._lease, now_ms)
+        except psycopg.errors.LockNotAvailable:  # DDL or a long reader in the way: the appender
+            log.info("the next partition of the log waits for a lock; it is made later")  # covers it
 
     def _reap(self) -> None:
         while not self._stopping.wait(RECOVER_EVERY_S):
@@ -298,7 +321,7 @@ class Store:
                 self._conn = conn = psycopg.connect(self._dsn, autocommit=False)
             # Appends first: the append lock is then the first lock of the transaction, as on
             # every node, and held the shortest time.
-            merged = iter(_append(conn, [job for job, _ in batch if isinstance(job, _Append)]))
+            merged = iter(_append(conn, [job for job, _ in batch if isinstance(job, _Append)], self._top))
             wrapped = PgConnection(conn)
             for job, _ in batch:
                 if isinstance(job, _Append):
@@ -358,6 +381,11 @@ class Store:
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:
         with self._pool.connection() as conn:
             yield conn
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own in autocommit mode, for maintenance that runs transactions of its
+        own beside the writer's (retention, store/postgres_retention.py): the caller closes it."""
+        return psycopg.connect(self._dsn, autocommit=True)
 
     def reader(self) -> PgConnection:
         return PgConnection(psycopg.connect(self._dsn, autocommit=True))
@@ -557,9 +585,13 @@ class Store:
         )
 
     def enqueue(self, dest: str, seqs: Sequence[int], now_ms: int, resend: bool) -> int:
+        # The events are locked as the outbox's foreign key did before migration 13 (FOR KEY SHARE):
+        # retention deletes an event only with FOR UPDATE and a look at its rows after it, so it
+        # either waits for this row and keeps the event, or has deleted it and no row is queued.
         sql = (
             "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)"
-            " SELECT %s, s, 'pending', %s, %s, %s FROM unnest(%s::bigint[]) AS u (s)"
+            " SELECT %s, e.seq, 'pending', %s, %s, %s FROM events AS e WHERE e.seq = ANY(%s::bigint[])"
+            " FOR KEY SHARE OF e"
         )
         if resend:
             sql += (
@@ -593,6 +625,6 @@ class Store:
             sql += " AND COALESCE(reason, '') = %s"
             args.append(reason)
         if event_ids:
-            sql += " AND seq IN (SELECT seq FROM events WHERE id = ANY(%s))"
+            sql += " AND seq IN (SELECT seq FROM event_ids WHERE id = ANY(%s))"
             args.append(list(event_ids))
         return int(self.run(lambda conn: conn.raw.execute(sql, args).rowcount))

@@ -11,6 +11,9 @@ What differs, and why:
 - The tallies' triggers are PL/pgSQL; `outbox_tally` is kept per statement from its transition
   tables (one upsert per settled outcome, not one per row), its keys taken in a fixed order so two
   nodes settling at once do not deadlock on them.
+- Migration 13 partitions the log and the outboxes by seq (so retention drops old partitions whole),
+  moves the dedupe on event id to `event_ids` and drops the outbox's foreign key (see there); on
+  SQLite it is a no-op.
 - Migrations 8 and 10 leave out the identity tables: the identity graph lives in a file of its own
   (store/identity.py), which migration 10 made so before there was a PostgreSQL store.
 """
@@ -21,6 +24,7 @@ import zlib
 from typing import Any
 
 _FINAL = "('delivered', 'dead', 'skipped')"
+_MINVALUE = -(2**63)  # BIGINT's least: partition 1's `low` in `log_partitions` (its bound is MINVALUE)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the log and the outboxes
@@ -211,7 +215,7 @@ MIGRATIONS: tuple[str, ...] = (
     DELETE FROM cursors WHERE name = 'identity';
     """,
     # 11: retention's tally of deleted rows, and delivered/skipped counts that are lifetime totals
-    #     (see SQLite's migration 11; retention itself runs on SQLite only for now: config.py)
+    #     (see SQLite's migration 11)
     """
     CREATE TABLE retention_tally (
         kind TEXT PRIMARY KEY,
@@ -230,6 +234,99 @@ MIGRATIONS: tuple[str, ...] = (
     # 12: the waiting rows by when they were enqueued (see SQLite's migration 12)
     """
     CREATE INDEX outbox_waiting ON outbox (dest, enqueued_ms) WHERE state IN ('pending', 'in_flight');
+    """,
+    # 13: the log and the outboxes RANGE-partitioned on seq, with the same bounds (an event and its
+    #     outbox rows share partition number n), so retention drops a partition whole instead of
+    #     deleting its rows one by one (store/postgres_retention.py; SQLite's migration 13 is a no-op).
+    #     - A unique index on a partitioned table must hold the partition key, so the dedupe on
+    #       event id moves to `event_ids` (id → seq, not partitioned), written by the append in the
+    #       statement that writes the events (store/postgres.py).
+    #     - The outbox's foreign key to the log goes: on partitions, PostgreSQL would check each
+    #       deleted event by scanning its outbox partition (no index on seq alone), as SQLite would
+    #       (which is why SQLite's retention runs unenforced). Rows and events are written together by
+    #       the append; `enqueue` locks the events it queues (FOR KEY SHARE, what the key's trigger
+    #       took) and retention locks what it deletes (FOR UPDATE) and checks by key, so no outbox row
+    #       outlives its event.
+    #     - The tables as they were become partition 1, FROM (MINVALUE) TO (MAX(seq) + 1): renamed,
+    #       their indexes attached to the new parents' as they are. Nothing is rewritten; ATTACH reads
+    #       each row once to check the bound, and `event_ids` is written once (id and seq only).
+    #       The next partition is made by `postgres_partitions.ensure_ahead`, sized by the log's rate.
+    #     - `log_partitions`: each partition's number and bounds (what retention and the appender
+    #       read; changed only in the transaction that attaches or drops the partition).
+    #     - The tally triggers move to the parents: statement triggers fire for the table a statement
+    #       names, and every statement names `outbox`.
+    f"""
+    ALTER TABLE outbox DROP CONSTRAINT outbox_seq_fkey;
+    CREATE TABLE event_ids (
+        id  TEXT NOT NULL,
+        seq BIGINT NOT NULL
+    );
+    INSERT INTO event_ids (id, seq) SELECT id, seq FROM events;
+    ALTER TABLE event_ids ADD CONSTRAINT event_ids_pkey PRIMARY KEY (id);
+    ALTER TABLE events DROP CONSTRAINT events_id_key;
+    DROP TRIGGER outbox_tally_update ON outbox;
+    DROP TRIGGER outbox_tally_delete ON outbox;
+    ALTER TABLE events RENAME TO events_p1;
+    ALTER INDEX events_pkey RENAME TO events_p1_pkey;
+    ALTER INDEX events_user RENAME TO events_p1_user;
+    ALTER INDEX events_name RENAME TO events_p1_name;
+    ALTER TABLE outbox RENAME TO outbox_p1;
+    ALTER INDEX outbox_pkey RENAME TO outbox_p1_pkey;
+    ALTER INDEX outbox_ready RENAME TO outbox_p1_ready;
+    ALTER INDEX outbox_dead RENAME TO outbox_p1_dead;
+    ALTER INDEX outbox_waiting RENAME TO outbox_p1_waiting;
+    CREATE TABLE events (
+        seq         BIGINT NOT NULL,
+        id          TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        channel     TEXT,
+        metric      TEXT,
+        name        TEXT,
+        user_id     TEXT,
+        time_ms     BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        body        BYTEA NOT NULL,
+        CONSTRAINT events_pkey PRIMARY KEY (seq)
+    ) PARTITION BY RANGE (seq);
+    CREATE INDEX events_user ON events (user_id, time_ms);
+    CREATE INDEX events_name ON events (name) WHERE name IS NOT NULL;
+    CREATE TABLE outbox (
+        dest        TEXT NOT NULL,
+        seq         BIGINT NOT NULL,
+        state       TEXT NOT NULL
+            CONSTRAINT outbox_state_check CHECK (state IN ('pending', 'in_flight', 'delivered', 'dead', 'skipped')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        enqueued_ms BIGINT NOT NULL,
+        next_ms     BIGINT NOT NULL,
+        updated_ms  BIGINT NOT NULL,
+        reason      TEXT,
+        response    TEXT,
+        claimed_by  BIGINT,
+        CONSTRAINT outbox_pkey PRIMARY KEY (dest, seq)
+    ) PARTITION BY RANGE (seq);
+    CREATE INDEX outbox_ready ON outbox (dest, state, next_ms);
+    CREATE INDEX outbox_dead ON outbox (updated_ms) WHERE state = 'dead';
+    CREATE INDEX outbox_waiting ON outbox (dest, enqueued_ms) WHERE state IN ('pending', 'in_flight');
+    CREATE TRIGGER outbox_tally_update AFTER UPDATE ON outbox
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION outbox_tally_update();
+    CREATE TRIGGER outbox_tally_delete AFTER DELETE ON outbox
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION outbox_tally_delete();
+    CREATE TABLE log_partitions (
+        n    INTEGER PRIMARY KEY,
+        low  BIGINT NOT NULL,  -- the first seq it may hold (partition 1: from MINVALUE)
+        high BIGINT NOT NULL   -- past the last
+    );
+    DO $$
+    DECLARE
+        top BIGINT := (SELECT COALESCE(MAX(seq), 0) + 1 FROM events_p1);
+    BEGIN
+        EXECUTE format('ALTER TABLE events ATTACH PARTITION events_p1 FOR VALUES FROM (MINVALUE) TO (%s)', top);
+        EXECUTE format('ALTER TABLE outbox ATTACH PARTITION outbox_p1 FOR VALUES FROM (MINVALUE) TO (%s)', top);
+        INSERT INTO log_partitions (n, low, high) VALUES (1, {_MINVALUE}, top);
+    END $$;
     """,
 )
 
