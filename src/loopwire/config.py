@@ -62,7 +62,7 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dsn: Secret | None = None
     group_commit_max: int = 512  # most writes folded into one durable transaction
     pool_max: int = 8  # PostgreSQL: read connections per node (and one writer, one lease)
-    retention: RetentionConfig = RetentionConfig()  # off: every row is kept (SQLite only for now)
+    retention: RetentionConfig = RetentionConfig()  # off: every row is kept
 
     def __post_init__(self) -> None:
         if self.type == "postgres" and self.dsn is None:
@@ -262,12 +262,6 @@ _SQLITE_ONLY = (("server", "ingest_process"), ("identity", "graph"))
 
 
 def _on_postgres(config: Config, raw: dict[str, Any], lines: dict[str, int]) -> Config:
-    if config.store.retention.enabled:  # (time-partitioned tables on PostgreSQL: not built yet)
-        raise ConfigError(
-            "retention needs a SQLite store for now (store.type is postgres): remove it",
-            key="store.retention",
-            line=lines.get("store.retention"),
-        )
     for section, key in _SQLITE_ONLY:
         given = raw.get(section) or {}
         if isinstance(given, dict) and given.get(key) is True:

@@ -21,28 +21,30 @@ from collections.abc import Callable
 from loopwire.audiences.engine import CURSOR as ENGINE_CURSOR
 from loopwire.audiences.recompute import lasting_names
 from loopwire.config import Config
-from loopwire.store import SQLiteStore, Store
+from loopwire.store import Store
 from loopwire.store import experiments as experiments_store
 from loopwire.store import identity as identity_graph
 from loopwire.store import retention as retention_store
+from loopwire.store.base import Dialect
 from loopwire.store.retention import Cutoffs, Term, Trimmed, trim
 
 log = logging.getLogger("loopwire.retention")
+LEAD = "retention"  # the role `Store.lead` gives one node of a shared store
 FIRST_RUN_DELAY_S = 1.0  # after startup, once the engine and the identity follower are running
 
 
-def keep_sql(config: Config) -> Term:
+def keep_sql(config: Config, dialect: Dialect = "sqlite") -> Term:
     """Rows retention keeps whatever their age (store/retention.py `keep_sql`)."""
     lasting, profile = lasting_names(config.audiences) if config.audiences else (set(), False)
     conversions = {experiment.conversion for experiment in config.experiments.values()}
-    return retention_store.keep_sql(lasting, profile, conversions)
+    return retention_store.keep_sql(lasting, profile, conversions, dialect)
 
 
 class Retention:
     def __init__(self, store: Store, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._policy = config.store.retention
-        self._keep = keep_sql(config)
+        self._keep = keep_sql(config, store.dialect)
         self._engine = bool(config.audiences or config.experiments)
         self._identity = config.identity.graph
         self._clock = clock
@@ -69,12 +71,14 @@ class Retention:
 
     async def run_once(self) -> Trimmed:
         started = time.monotonic()
-        cutoffs = self.cutoffs(int(self._clock() * 1000))
+        now_ms = int(self._clock() * 1000)
+        cutoffs = self.cutoffs(now_ms)
+        # One node trims a shared (PostgreSQL) store; the others leave it to that one.
+        if not await asyncio.to_thread(self._store.lead, LEAD):
+            self.runs += 1
+            return Trimmed()
         below = await asyncio.to_thread(self.below)
-        store = self._store
-        if not isinstance(store, SQLiteStore):  # (config.py refuses retention on PostgreSQL)
-            raise TypeError("retention runs on a SQLite store only for now")
-        trimmed = await trim(store, cutoffs, self._keep, below)
+        trimmed = await trim(self._store, cutoffs, self._keep, below, now_ms=now_ms)
         self.runs += 1
         if trimmed.rows:
             log.info(

@@ -102,8 +102,8 @@ def cover(conn: Any, last: int, through: int, now_ms: int | None) -> int:
     """Partitions up to seq `through`, made in the caller's transaction, which holds APPEND_LOCK
     (the appender's safety net; `last`: the newest seq logged); returns the new top bound."""
     bound = top(conn)
-    while bound <= through:
-        bound = add_partition(conn, bound, next_size(conn, last, now_ms)).high
+    if bound <= through:  # one partition for the whole group, at least (a big first batch: not 10,000s)
+        bound = add_partition(conn, bound, max(next_size(conn, last, now_ms), through + 1 - bound)).high
     return bound
 
 

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from loopwire.store.base import Dialect
 from loopwire.store.base import Store as AnyStore
 from loopwire.store.scans import _PROFILE_ROW, matches_sql
 from loopwire.store.sqlite import _DESTS_SQL, Store, when_unlocked
@@ -74,21 +75,21 @@ class Trimmed(NamedTuple):
         return self.events + self.delivered + self.skipped + self.dead
 
 
-def keep_sql(lasting: set[str], profile: bool, conversions: set[str]) -> Term:
+def keep_sql(lasting: set[str], profile: bool, conversions: set[str], dialect: Dialect = "sqlite") -> Term:
     """Rows retention keeps whatever their age: the events an audience may read at any age
     (`recompute.lasting_names`), the rows `profile_of` reads when an audience reads the profile, and
     the conversion events of the configured experiments."""
     terms: list[Term] = []
     if lasting:
-        condition, args = matches_sql(lasting)
+        condition, args = matches_sql(lasting, dialect)
         terms.append((f"(user_id IS NOT NULL AND ({condition}))", args))
     if profile:
         terms.append((f"(user_id IS NOT NULL AND ({_PROFILE_ROW}))", ()))
     if conversions:
-        condition, args = matches_sql(conversions)
+        condition, args = matches_sql(conversions, dialect)
         terms.append((f"(user_id IS NOT NULL AND ({condition}))", args))
     if not terms:
-        return "0", ()
+        return ("0" if dialect == "sqlite" else "FALSE"), ()
     return " OR ".join(sql for sql, _ in terms), tuple(arg for _, args in terms for arg in args)
 
 
@@ -263,15 +264,28 @@ async def reclaim(store: Store, pages: int = VACUUM_PAGES) -> int:
 
 
 async def trim(
-    store: Store,
+    store: AnyStore,
     cutoffs: Cutoffs,
     keep: Term = ("0", ()),
     below: int | None = None,
     limit: int = BATCH_ROWS,
+    now_ms: int | None = None,
 ) -> Trimmed:
     """One retention run (see the module's docstring). `keep`: an SQL condition on an events row
-    that keeps it whatever its age; `below`: no event with this seq or a higher one goes (the
-    lowest seq a reader of the log has not read yet)."""
+    that keeps it whatever its age (`keep_sql`, for the store's dialect); `below`: no event with
+    this seq or a higher one goes (the lowest seq a reader of the log has not read yet); `now_ms`
+    sizes the PostgreSQL log's next partition (store/postgres_retention.py, which runs the same
+    rules on PostgreSQL, dropping old partitions whole; `limit` is SQLite's batch there)."""
+    if store.dialect == "postgres":
+        from loopwire.store import postgres_retention  # psycopg: the `postgres` extra
+        from loopwire.store.postgres import Store as PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        if keep == ("0", ()):
+            keep = ("FALSE", ())
+        batch = postgres_retention.BATCH_ROWS if limit == BATCH_ROWS else limit
+        return await postgres_retention.trim(store, cutoffs, keep, below, now_ms, batch)
+    assert isinstance(store, Store)
     total = Trimmed()
     if cutoffs.dead is not None:
         dead = cutoffs.dead
