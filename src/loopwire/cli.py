@@ -382,16 +382,20 @@ def vacuum(config: ConfigOption = Path("loopwire.yaml")) -> None:
     file, for reuse; this rewrites the file once (`VACUUM`, with `auto_vacuum=INCREMENTAL`), after
     which `loopwire serve` gives them back after every retention run. It holds the store's write
     lock throughout and needs free disk space about the size of the file: stop `loopwire serve`
-    first (ingest would wait, then answer 503).
+    first (ingest would wait, then answer 503). On PostgreSQL there is nothing to do: retention
+    drops old partitions whole, which gives their space back (docs/postgres.md).
 
     Example: `loopwire vacuum --config loopwire.yaml`
     """
     from loopwire.store import SQLiteStore
 
     cfg = _load(config)
-    if cfg.store.type != "sqlite":
-        err.print("`loopwire vacuum` rewrites a SQLite file; PostgreSQL reclaims space itself (VACUUM)")
-        raise typer.Exit(1)
+    if cfg.store.type != "sqlite":  # docs/postgres.md, "Retention"
+        out.print(
+            "nothing to do on PostgreSQL: retention drops old partitions of the log whole, which gives"
+            " their space back at once, and autovacuum reuses the space of rows trimmed one by one"
+        )
+        return
     store = SQLiteStore(cfg.store.path, recover=False)
     try:
         before = store.size_on_disk()
