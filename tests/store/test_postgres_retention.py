@@ -88,30 +88,33 @@ def ids(store: PostgresStore) -> dict[str, int]:
     return dict(store.read(lambda c: c.execute("SELECT id, seq FROM event_ids").fetchall()))
 
 
-def test_the_seeded_log_is_trimmed_by_sqlites_rules(store: PostgresStore) -> None:
-    """The SQLite tests' seeded log (tests/store/test_retention.py `seeded`), all in one partition
-    with the newest event: nothing can be dropped whole, so rows go one by one, as on SQLite."""
-    ages = [100, 100, 100, 100, 100, 10, 1, 100]
-    routes = [["amplitude"]] * 4 + [[]] + [["amplitude"]] * 2 + [["amplitude"]]
-    store.append_sync([event(n, age) for n, age in enumerate(ages, start=1)], routes)
-    settle(store, {1: "delivered", 3: "dead", 4: "skipped", 8: "delivered"}, NOW - 99 * DAY)
-    settle(store, {6: "delivered"}, NOW - 9 * DAY)
+def test_an_old_partition_with_owed_rows_is_trimmed_by_sqlites_rules_and_a_young_one_waits(
+    store: PostgresStore,
+) -> None:
+    # partition 2 (seqs 1-10), all 100 days old: 1 delivered, 2 pending, 3 dead, 4 skipped, 5 for no
+    # destination, 6-10 delivered; partition 3: 11 (100 days old, delivered), 12 (a day old)
+    routes = [["amplitude"]] * 4 + [[]] + [["amplitude"]] * 5
+    store.append_sync([event(n, 100) for n in range(1, 11)], routes)
+    store.append_sync([event(11, 100), event(12, 1)], [["amplitude"], ["amplitude"]])
+    states = {1: "delivered", 3: "dead", 4: "skipped"} | {seq: "delivered" for seq in range(6, 12)}
+    settle(store, states, NOW - 99 * DAY)
     before = store.counts()["amplitude"]
 
     trimmed = asyncio.run(trim(store, cutoffs(events=30, delivered=5)))
-    # 1, 4 and 5 go (with their rows); 2 is pending, 3 dead, 6 and 7 recent, 8 the newest; the
-    # delivered row of 6 (settled 9 days ago) goes, its event stays
-    assert seqs(store) == [2, 3, 6, 7, 8]
-    assert trimmed == Trimmed(events=3, delivered=2, skipped=1, dead=0)
-    assert outbox(store) == {2: "pending", 3: "dead", 7: "pending", 8: "delivered"}
-    assert deleted(store) == {"events": 3, "delivered": 2, "skipped": 1, "dead": 0}
+    # partition 2 stays for 2 (pending) and 3 (dead); its other events went one by one, with their
+    # rows. 11 is old but waits for its partition, which holds a young event; its delivered row,
+    # settled 99 days ago, went (`delivered` is 5 days).
+    assert seqs(store) == [2, 3, 11, 12] and "events_p2" in tables(store)
+    assert trimmed == Trimmed(events=8, delivered=7, skipped=1, dead=0)
+    assert outbox(store) == {2: "pending", 3: "dead", 12: "pending"}
+    assert deleted(store) == {"events": 8, "delivered": 7, "skipped": 1, "dead": 0}
     assert store.counts()["amplitude"] == before  # lifetime totals; the dead letter is still there
-    assert store.event_count() == 5 and store.last_seq() == 8
-    assert set(ids(store)) == {"evt-0002", "evt-0003", "evt-0006", "evt-0007", "evt-0008"}
+    assert store.event_count() == 4 and store.last_seq() == 12
+    assert set(ids(store)) == {"evt-0002", "evt-0003", "evt-0011", "evt-0012"}
     assert asyncio.run(trim(store, cutoffs(events=30, delivered=5))).rows == 0
 
     asyncio.run(trim(store, cutoffs(events=30, dead=90)))  # the dead letter died 99 days ago
-    assert 3 not in outbox(store) and 3 not in seqs(store)
+    assert 3 not in outbox(store) and seqs(store) == [2, 11, 12]
     assert store.counts()["amplitude"]["dead"] == 0
 
 
@@ -224,12 +227,13 @@ def test_the_next_partition_holds_about_a_day_of_the_log(store: PostgresStore, p
 
 
 def test_enqueue_does_not_queue_an_event_that_is_gone(store: PostgresStore) -> None:
-    store.append_sync([event(1, 100), event(2, 1)], [[], []])
+    store.append_sync([event(n, 100) for n in range(1, 11)], [[]] * 9 + [["amplitude"]])
+    store.append_sync([event(11, 1)], [[]])
     asyncio.run(trim(store, cutoffs(events=30)))
-    assert seqs(store) == [2]
+    assert seqs(store) == [10, 11]  # partition 2 stays for 10 (pending): 1-9 went one by one
     # a backfill of seq 1 (trimmed) queues nothing: no outbox row without its event
-    assert store.enqueue("amplitude", [1, 2], NOW, resend=False) == 1
-    assert outbox(store) == {2: "pending"}
+    assert store.enqueue("amplitude", [1, 10, 11], NOW, resend=False) == 1
+    assert outbox(store) == {10: "pending", 11: "pending"}
 
 
 def test_migration_13_keeps_the_rows_and_seqs_of_a_version_12_database(pg_dsn: str) -> None:

@@ -1,6 +1,8 @@
 """Retention in `loopwire serve`: every `store.retention.interval`, trim the log and the outboxes
 (store/retention.py) in small transactions through the store's writer, then give the freed pages
 back; what it deleted is counted in the store (`loopwire_retention_deleted_rows_total`) and logged.
+On PostgreSQL the same rules drop old partitions whole (store/postgres_retention.py), on the one
+node that leads "retention" (`Store.lead`; on SQLite, the one server).
 
 What the configured readers of the log still need decides what stays, besides the windows:
 - the audience engine and the identity graph read the log by seq: nothing after their cursors goes;

@@ -6,12 +6,14 @@ The same guarantees as the SQLite store (store/sqlite.py), the same shape:
   one transaction and commits once (`synchronous_commit` is the server's: on, by default, so a
   commit has reached the server's WAL on disk). A job's future resolves only after COMMIT.
 - **Dedupe on event id; seqs in commit order.** The appends of a group take one transaction-level
-  advisory lock (`APPEND_LOCK`) shared by every node, look up which ids the log already holds, and
-  insert the new events with consecutive seqs after MAX(seq) (`INSERT … ON CONFLICT (id) DO
-  NOTHING`, the unique id being the last word) and their outbox rows, two statements whatever the
+  advisory lock (`APPEND_LOCK`) shared by every node, look up which ids the log already holds (in
+  `event_ids`: the log is partitioned by seq, migration 13, so it cannot hold a unique index on
+  id), and insert the new events with consecutive seqs after MAX(seq) together with their ids (one
+  statement; `event_ids`' key is the last word) and their outbox rows: two statements whatever the
   group's size. Holding the lock until commit makes seqs consecutive and in commit order across
   nodes, as SQLite's single writer does: the log's readers (the audience engine's cursor) follow it
-  by seq and never skip a row committed late.
+  by seq and never skip a row committed late. A group whose seqs would pass the last partition
+  makes the partitions it needs first (store/postgres_partitions.py).
 - **Claims never overlap.** A claim is `FOR UPDATE SKIP LOCKED` over the destination's due rows in
   (next_ms, seq) order, the order of SQLite's claims, and marks them in flight with the node's id.
 - **One leader per role.** The audience engine follows the log on one node at a time: the first to

@@ -5,17 +5,19 @@ A run, on the node that leads "retention" (pipeline/retention.py), on a connecti
 the writer's: a run's transactions never hold up a group commit):
 1. `ensure_ahead`: an empty partition ready after the one being written.
 2. Dead letters that died before `dead`, in batches, through `outbox_dead`.
-3. Each partition below the one holding the newest event (whose seq would be given out again) and
-   below every reader's cursor (`below`) is dropped whole when all its events may go: each received
-   and happened before `events`, none matching `keep`, no pending, in-flight or dead row. Its
-   delivered and skipped rows go with their events, as on SQLite. First its ids leave `event_ids`
+3. A partition waits while any of its events was received after `events` (so an event outlives
+   its window by at most a partition's span). Below the one holding the newest event (whose seq
+   would be given out again) and below every reader's cursor (`below`), one is dropped whole when
+   all its events may go: each received and happened before `events`, none matching `keep`, no
+   pending, in-flight or dead row. Its delivered and skipped rows go with their events, as on SQLite. First its ids leave `event_ids`
    (in batches, through the partition's own ids), then one short transaction, with `lock_timeout`,
    locks both tables, looks again for an owed row (a backfill may have queued one since: two index
    probes), drops both partitions and counts what went in `retention_tally`. When it cannot get the
    locks (a long reader), it tries again a few times, then gives up for this run and puts the ids
    back; when a row is owed after all, it puts the ids back too.
-4. The rest of the old log, row by row, in batches: the events that may go, each with its
-   delivered and skipped rows and its `event_ids` row. Events are locked FOR UPDATE before their
+4. A partition all old but with rows owed or kept (or holding the newest event), row by row, in
+   batches: the events that may go, each with its delivered and skipped rows and its `event_ids`
+   row. Events are locked FOR UPDATE before their
    rows are looked at: `enqueue` locks the events it queues FOR KEY SHARE, so a backfill either
    queued its row before (and the event stays) or finds the event gone.
 5. Delivered and skipped rows settled before `delivered`, per destination, in batches.
@@ -94,22 +96,28 @@ def _dead(conn: psycopg.Connection[Any], before_ms: int, limit: int) -> Trimmed:
             return total
 
 
-def _droppable(conn: psycopg.Connection[Any], part: Partition, before_ms: int, keep: Term) -> bool:
-    """Whether every event of the partition may go and no row of it is owed (read outside the drop's
-    locks: events never change, and a row that becomes owed is looked for again under them)."""
+def _age(conn: psycopg.Connection[Any], part: Partition, before_ms: int, keep: Term) -> str:
+    """What the partition's rows allow: "young" (an event received at or after `before_ms`: the
+    partition waits until all of it is old), "blocked" (all old, but some rows owed, kept, or
+    happened since: trimmed row by row) or "free" (every event may go: dropped whole). Read outside
+    the drop's locks: events never change, and a row that becomes owed is looked for again under
+    them."""
     keep_sql, keep_args = keep
     events, outbox = part.table("events"), part.table("outbox")
-    owed = _one(conn, f"SELECT EXISTS (SELECT 1 FROM {outbox} WHERE state IN {_OWED})")
-    if owed:
-        return False
-    young = _one(
-        conn,
-        pg_sql(
-            f"SELECT EXISTS (SELECT 1 FROM {events} WHERE received_ms >= ? OR time_ms >= ? OR ({keep_sql}))"
-        ),
+    # receipt rises with seq (to within a group commit): the newest tells a young partition quickly
+    newest = _one(conn, f"SELECT received_ms FROM {events} ORDER BY seq DESC LIMIT 1")
+    if newest is not None and newest >= before_ms:
+        return "young"
+    row = conn.execute(
+        pg_sql(f"SELECT bool_or(received_ms >= ?), bool_or(time_ms >= ? OR ({keep_sql})) FROM {events}"),
         (before_ms, before_ms, *keep_args),
-    )
-    return not young
+    ).fetchone()
+    young, kept = row if row is not None else (None, None)
+    if young:
+        return "young"
+    if kept or _one(conn, f"SELECT EXISTS (SELECT 1 FROM {outbox} WHERE state IN {_OWED})"):
+        return "blocked"
+    return "free"
 
 
 def _forget_ids(conn: psycopg.Connection[Any], part: Partition, limit: int) -> int:
@@ -310,20 +318,20 @@ def trim_sync(
             newest = int(_one(conn, "SELECT COALESCE(MAX(seq), 0) FROM events"))
             ceiling = min(newest, below if below is not None else newest)
             bound = min(_boundary(conn, before), ceiling)
-            spans: list[tuple[int, int]] = []  # walked row by row: (after, below), all but the droppable
-            after = 0
+            spans: list[tuple[int, int]] = []  # walked row by row: (after, below)
             for part in partitions(conn):
-                # never the newest event's partition (nor those after it), nor one a reader needs
-                if part.high > ceiling:
-                    break
-                if _droppable(conn, part, before, keep):
-                    total += _drop(conn, part, limit) or Trimmed()
-                    # One that could not be dropped now is next run, not trimmed row by row: its
+                if part.low >= bound:
+                    break  # (bound <= ceiling: the newest event and what a reader needs stay)
+                age = _age(conn, part, before, keep)
+                if age == "young":
+                    continue  # it goes once all of it is old: at most a span past the window
+                if age == "free" and part.high <= ceiling:  # never the newest event's partition
+                    # One that cannot be dropped now is next run, not trimmed row by row: its
                     # rows would then wait for a vacuum, which dropping it whole spares.
-                    spans.append((after, min(part.low, bound)))
-                    after = part.high - 1
-            spans.append((after, bound))
-            total += _events(conn, [(a, b) for a, b in spans if a + 1 < b], before, keep, limit)
+                    total += _drop(conn, part, limit) or Trimmed()
+                    continue
+                spans.append((max(part.low, 1) - 1, min(part.high, bound)))
+            total += _events(conn, spans, before, keep, limit)
         if cutoffs.delivered is not None:
             total += _settled(conn, _boundary(conn, cutoffs.delivered), cutoffs.delivered, limit)
     return total
