@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.common import Result, WrkRun, mark_identity_folded, pooled_rate, report
-from bench.webhook_ingest import USERS, loopwire_run, write_requests
+from bench.webhook_ingest import USERS, loopwire_run, split, write_requests
 from loopwire.store import SQLiteStore
 
 RATIO_TARGET = 0.85
@@ -112,13 +112,16 @@ def run(
         size_gb = sum(p.stat().st_size for p in big.parent.glob(big.name + "*")) / 1e9
         requests_file = work / "requests.tsv"
         write_requests(requests_file, count, time.time())
+        # the big runs add to one store: each sends its own half (else the second re-sends the
+        # first's webhooks, answered as duplicates without a row); an empty run uses its pair's half
+        halves = split(requests_file, 2)
         wrk_args = {"connections": connections, "threads": 2, "duration": duration}
         runs: dict[str, list[WrkRun]] = {"empty": [], "big": []}
         for number, kind in enumerate(("empty", "big", "big", "empty")):
             result, _ = loopwire_run(
                 work,
                 f"{kind}-{number}",
-                requests_file,
+                halves[number // 2],
                 wrk_args,
                 paused=True,
                 store=big if kind == "big" else None,

@@ -1,0 +1,193 @@
+"""Webhook ingest on PostgreSQL into a big log next to an empty one (issue 11: "store size and ingest
+rate with 10 M events in the log vs an empty log; the rate must not fall more than 20 %").
+
+    python -m bench.postgres_large_log                        # 1 million events in the log
+    python -m bench.postgres_large_log --events 10000000 --cluster /var/tmp/loopwire-pg
+                                                              # the issue's 10 million, kept for reuse
+
+The big log is written through the store itself (`Store.append_sync`, groups of 2,000: the same
+statement, indexes, partitions and triggers as a node's appends; the server would take hours):
+Customer.io message events of the webhook benchmark's 20,000 users, received over the last 30 days,
+bodies of about 550 bytes (the load's mean), one amplitude outbox row each, then settled as delivered
+by `UPDATE` in chunks (the tally triggers run as a courier's settlements would). With `--cluster` the
+PostgreSQL cluster and its `loopwire_big` database are kept in that directory and reused.
+
+Then bench/postgres_ingest.py's PostgreSQL run (one `loopwire serve` node, amplitude paused: every
+event committed and queued, none sent; wrk -t2 -c64; every request a distinct signed webhook) against
+a new database and against the big log, interleaved (empty, big, big, empty). What each big run
+queued is settled before the next, so every run starts from a log of delivered events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench.common import Result, WrkRun, pooled_rate, report
+from bench.postgres_ingest import postgres_run
+from bench.webhook_ingest import USERS, split, write_requests
+from loopwire.model import Event
+from loopwire.store.postgres import Store
+from tests.helpers.postgres import Cluster
+
+RATIO_TARGET = 0.80  # "must not fall more than 20 %"
+BIG = "loopwire_big"
+DAY_MS = 86_400_000
+GROUP = 2_000
+METRICS = ("sent", "delivered", "opened", "clicked")
+PADDING = "x" * 330  # with the other fields, bodies of about 550 bytes
+
+
+def _group(first: int, count: int, start_ms: int, step: int) -> list[Event]:
+    return [
+        Event(
+            id=f"01H{n:023d}",  # older than the load's ULIDs, in seq order
+            source="customerio",
+            kind="message",
+            channel="email",
+            metric=METRICS[n % 4],
+            user_id=f"user-{(n * 7919) % USERS:05d}",
+            email=f"user-{(n * 7919) % USERS:05d}@example.com",
+            time_ms=start_ms + n * step,
+            received_ms=start_ms + n * step,
+            data={"delivery_id": f"d-{n}", "campaign_id": n % 50, "padding": PADDING},
+        )
+        for n in range(first, first + count)
+    ]
+
+
+def build(dsn: str, events: int, now_ms: int) -> None:
+    start_ms = now_ms - 30 * DAY_MS
+    step = max(1, (30 * DAY_MS) // max(1, events))
+    store = Store(dsn, group_max=4, recover=False)
+    try:
+        firsts = range(1, events + 1, GROUP)
+
+        def append(first: int) -> None:
+            group = _group(first, min(GROUP, events - first + 1), start_ms, step)
+            store.append_sync(group, [("amplitude",)] * len(group))
+
+        # two callers: one builds its events while the writer commits the other's
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for done, _ in enumerate(pool.map(append, firsts), start=1):
+                if done % 500 == 0:
+                    print(f"  built {done * GROUP:,} of {events:,} events", flush=True)
+    finally:
+        store.close()
+    settle(dsn)
+
+
+def settle(dsn: str) -> None:
+    """Every pending amplitude row delivered, in chunks of 200,000 seqs (as a courier would settle)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT MIN(seq), MAX(seq) FROM outbox WHERE state = 'pending'").fetchone()
+        if row is None or row[0] is None:
+            return
+        low, high = int(row[0]), int(row[1])
+        for first in range(low, high + 1, 200_000):
+            conn.execute(
+                "UPDATE outbox SET state = 'delivered', attempts = 1"
+                " WHERE dest = 'amplitude' AND state = 'pending' AND seq BETWEEN %s AND %s",
+                (first, first + 199_999),
+            )
+        conn.execute("VACUUM ANALYZE outbox")
+
+
+def held(dsn: str) -> tuple[int, float]:
+    """(events in the log, the database's size in GB)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0), pg_database_size(current_database()) FROM events"
+        ).fetchone()
+    return (int(row[0]), int(row[1]) / 1e9) if row else (0, 0.0)
+
+
+def run(
+    events: int = 1_000_000,
+    duration: int = 8,
+    connections: int = 64,
+    count: int = 400_000,
+    cluster_dir: Path | None = None,
+) -> list[Result]:
+    cluster = Cluster(cluster_dir)
+    try:
+        built_s = 0.0
+        if not cluster.has_database(BIG):
+            started = time.perf_counter()
+            build(cluster.create_database(BIG), events, int(time.time() * 1000))
+            built_s = time.perf_counter() - started
+        big = cluster.dsn(BIG)
+        with tempfile.TemporaryDirectory(prefix="loopwire-bench-pg-large-") as tmp:
+            work = Path(tmp)
+            requests_file = work / "requests.tsv"
+            write_requests(requests_file, count, time.time())
+            halves = split(requests_file, 2)  # the big runs add to one log: each its own webhooks
+            wrk_args = {"connections": connections, "threads": 2, "duration": duration}
+            runs: dict[str, list[WrkRun]] = {"empty": [], "big": []}
+            sizes: list[float] = []
+            big_events = 0
+            for number, kind in enumerate(("empty", "big", "big", "empty")):
+                if kind == "big":
+                    settle(big)
+                    before, size = held(big)
+                    if before < events:
+                        raise RuntimeError(
+                            f"{BIG} holds {before:,} events, fewer than the {events:,} asked for"
+                        )
+                    sizes.append(size)
+                    big_events = max(big_events, before)
+                    dsn = big
+                else:
+                    before, dsn = 0, cluster.create_database()
+                result = postgres_run(
+                    work, f"{kind}-{number}", dsn, halves[number // 2], wrk_args, before=before
+                )
+                runs[kind].append(result)
+    finally:
+        cluster.stop()
+    paired = [b.rate / e.rate for b, e in zip(runs["big"], runs["empty"], strict=True)]
+    return [
+        Result(
+            name=f"webhook ingest on PostgreSQL into a log of {big_events:,} events ({sizes[0]:.1f} GB)",
+            value=pooled_rate(runs["big"]),
+            unit="req/s",
+            baseline=pooled_rate(runs["empty"]),
+            baseline_label="an empty log",
+            target=RATIO_TARGET,
+            details={
+                "events": big_events,
+                "build_s": round(built_s, 1) if built_s else "reused",
+                "database_gb": round(sizes[0], 2),
+                "rates_per_run": {k: [round(r.rate) for r in v] for k, v in runs.items()},
+                "ratio_per_pair": [round(r, 3) for r in paired],
+                "latency_p99_ms": {
+                    k: [round(r.latency_us["p99"] / 1000, 1) for r in v] for k, v in runs.items()
+                },
+                "command": f"python -m bench.postgres_large_log --events {events}",
+            },
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Webhook ingest on PostgreSQL into a big log vs an empty one."
+    )
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the big log")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per run")
+    parser.add_argument(
+        "--cluster", type=Path, default=None, help="keep the PostgreSQL cluster here (its big log reused)"
+    )
+    args = parser.parse_args()
+    results = run(args.events, args.duration, cluster_dir=args.cluster)
+    report(results)
+    print(f"  {results[0].details}")
+
+
+if __name__ == "__main__":
+    main()
