@@ -128,8 +128,8 @@ class Cluster:
 
     def create_database(self, name: str | None = None) -> str:
         """A new, empty database (named `name`, else the next free `loopwire_<n>`); its DSN."""
-        if name is None:
-            taken = set(self.psql("SELECT datname FROM pg_database").split())
+        if name is None:  # a kept cluster may hold databases of an earlier run
+            taken = set(self.psql("SELECT datname FROM pg_database").split()) if self._keep else set()
             name = next(n for n in (f"loopwire_{k}" for k in self._names) if n not in taken)
         self.psql(f"CREATE DATABASE {name}")
         return self.dsn(name)

@@ -6,10 +6,10 @@ The same guarantees as the SQLite store (store/sqlite.py), the same shape:
   one transaction and commits once (`synchronous_commit` is the server's: on, by default, so a
   commit has reached the server's WAL on disk). A job's future resolves only after COMMIT.
 - **Dedupe on event id; seqs in commit order.** The appends of a group take one transaction-level
-  advisory lock (`APPEND_LOCK`) shared by every node, look up which ids the log already holds, and
-  insert the new events with consecutive seqs after MAX(seq) (`INSERT … ON CONFLICT (id) DO
-  NOTHING`, the unique id being the last word) and their outbox rows, two statements whatever the
-  group's size. Holding the lock until commit makes seqs consecutive and in commit order across
+  advisory lock (`APPEND_LOCK`) shared by every node, then one statement (`_APPEND`) leaves out the
+  ids the log already holds and inserts the new events with consecutive seqs after MAX(seq) and
+  their outbox rows, whatever the group's size (the unique index on `events.id` is the last word:
+  it raises, as only appends write events and they hold the lock). Holding the lock until commit makes seqs consecutive and in commit order across
   nodes, as SQLite's single writer does: the log's readers (the audience engine's cursor) follow it
   by seq and never skip a row committed late.
 - **Claims never overlap.** A claim is `FOR UPDATE SKIP LOCKED` over the destination's due rows in
@@ -115,7 +115,7 @@ def scan_connection(dsn: str) -> PgConnection:
 
 
 class _Append:
-    """An append job; the writer merges every append of a group into two statements."""
+    """An append job; the writer merges every append of a group into one statement (`_APPEND`)."""
 
     def __init__(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> None:
         self.events = list(events)
@@ -159,15 +159,12 @@ def _append(conn: psycopg.Connection[Any], appends: Sequence[_Append]) -> list[l
     events = [e for a in appends for e in a.events]
     if not events:
         return [[] for _ in appends]
-    columns: list[list[Any]] = [[] for _ in range(10)]
-    for e in events:
-        for column, value in zip(
-            columns,
-            (e.id, e.source, e.kind, e.channel, e.metric, e.name, e.user_id, e.time_ms, e.received_ms),
-            strict=False,
-        ):
-            column.append(value)
-    columns[9] = [body for a in appends for body in a.bodies]
+    rows = [
+        (e.id, e.source, e.kind, e.channel, e.metric, e.name, e.user_id, e.time_ms, e.received_ms)
+        for e in events
+    ]
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    columns.append([body for a in appends for body in a.bodies])
     places: list[int] = []
     dests: list[str] = []
     place = 0
