@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import Result, WrkRun, pooled_rate, report
+from bench.common import Result, WrkRun, report
+from bench.large_log import big_log_result
 from bench.postgres_ingest import postgres_run
 from bench.webhook_ingest import USERS, split, write_requests
 from loopwire.store.postgres import Store
@@ -137,26 +138,17 @@ def run(
                 runs[kind].append(result)
     finally:
         cluster.stop()
-    paired = [b.rate / e.rate for b, e in zip(runs["big"], runs["empty"], strict=True)]
     return [
-        Result(
-            name=f"webhook ingest on PostgreSQL into a log of {big_events:,} events ({sizes[0]:.1f} GB)",
-            value=pooled_rate(runs["big"]),
-            unit="req/s",
-            baseline=pooled_rate(runs["empty"]),
-            baseline_label="an empty log",
-            target=RATIO_TARGET,
-            details={
+        big_log_result(
+            f"webhook ingest on PostgreSQL into a log of {big_events:,} events ({sizes[0]:.1f} GB)",
+            runs,
+            {
                 "events": big_events,
                 "build_s": round(built_s, 1) if built_s else "reused",
                 "database_gb": round(sizes[0], 2),
-                "rates_per_run": {k: [round(r.rate) for r in v] for k, v in runs.items()},
-                "ratio_per_pair": [round(r, 3) for r in paired],
-                "latency_p99_ms": {
-                    k: [round(r.latency_us["p99"] / 1000, 1) for r in v] for k, v in runs.items()
-                },
                 "command": f"python -m bench.postgres_large_log --events {events}",
             },
+            RATIO_TARGET,
         )
     ]
 
