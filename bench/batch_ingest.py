@@ -33,6 +33,7 @@ import re
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,12 @@ def write_template(path: Path, body: bytes) -> Path:
 # ---- servers -----------------------------------------------------------------------------------------
 
 
-def write_config(path: Path, store: Path, sandbox_url: str | None) -> Path:
+def write_config(
+    path: Path, store: Path, sandbox_url: str | None, sections: dict[str, Any] | None = None
+) -> Path:
     """The example's store and server sections, the two API sources, and no destination — or, given a
-    sandbox URL, the example's amplitude destination pointed at it."""
+    sandbox URL, the example's amplitude destination pointed at it. `sections` replace top-level
+    sections (bench/postgres_ingest.py: a PostgreSQL `store`, its `server` and `identity`)."""
     example = yaml.safe_load((ROOT / "examples" / "loopwire.yaml").read_text())
     destinations: dict[str, Any] = {}
     if sandbox_url is not None:
@@ -142,6 +146,7 @@ def write_config(path: Path, store: Path, sandbox_url: str | None) -> Path:
             "segment_api": {"write_keys": ["${STOREFRONT_WRITE_KEY}"]},
         },
         "destinations": destinations,
+        **(sections or {}),
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -192,9 +197,20 @@ def store_counts(db: Path) -> dict[str, int]:
 
 
 def loopwire_run(
-    work: Path, name: str, path: str, template: Path, auth: str, wrk_args: dict[str, Any], delivery: bool
+    work: Path,
+    name: str,
+    path: str,
+    template: Path,
+    auth: str,
+    wrk_args: dict[str, Any],
+    delivery: bool,
+    sections: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    count: Callable[[], dict[str, int]] | None = None,
 ) -> tuple[WrkRun, dict[str, Any]]:
-    """A fresh store (and, with `delivery`, a fresh sandbox), one wrk run, then the durability check."""
+    """A fresh store (and, with `delivery`, a fresh sandbox), one wrk run, then the durability check.
+    `sections`, `env`: another store (a PostgreSQL database, its DSN in `env`); `count`: its
+    `store_counts` (events, distinct ids, outbox rows by state)."""
     run_dir = work / name
     run_dir.mkdir()
     db = run_dir / "loopwire.db"
@@ -205,14 +221,14 @@ def loopwire_run(
         sandbox = (
             stack.enter_context(amplitude_sandbox(free_port(), run_dir / "sandbox.log")) if delivery else None
         )
-        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url if sandbox else None)
-        with loopwire_serve(config, free_port(), run_dir / "loopwire.log", ENV) as server:
+        config = write_config(run_dir / "loopwire.yaml", db, sandbox.url if sandbox else None, sections)
+        with loopwire_serve(config, free_port(), run_dir / "loopwire.log", {**ENV, **(env or {})}) as server:
             load = os.getloadavg()[0]
             run = run_wrk(server.url + path, SCRIPT, script_args, **wrk_args)
             found = settled_counters(server.url)
         if sandbox is not None:  # loopwire has stopped: what reached Amplitude by then
             sandbox_stats = httpx.get(f"{sandbox.url}/_sandbox/amplitude/stats", timeout=10).json()
-    counts = store_counts(db)
+    counts = count() if count is not None else store_counts(db)
     accepted = _sum(found, "loopwire_ingest_requests_total", source=source, outcome="accepted")
     check: dict[str, Any] = {
         "wrk_2xx": run.ok,

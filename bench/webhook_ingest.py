@@ -72,6 +72,21 @@ def write_requests(path: Path, count: int, now: float) -> int:
     return len(templates)
 
 
+def split(requests_file: Path, parts: int) -> list[Path]:
+    """Line k of the file goes to part k mod `parts`: no event in two parts (runs that add to one
+    store, or two nodes sharing one database, each get a part)."""
+    paths = [requests_file.with_name(f"{requests_file.stem}-{k}.tsv") for k in range(parts)]
+    outs = [p.open("w") for p in paths]
+    try:
+        with requests_file.open() as lines:
+            for k, line in enumerate(lines):
+                outs[k % parts].write(line)
+    finally:
+        for out in outs:
+            out.close()
+    return paths
+
+
 def count_of(requests_file: Path) -> int:
     with requests_file.open("rb") as lines:
         return sum(1 for _ in lines)
@@ -180,6 +195,8 @@ def loopwire_run(
             f"{name}: wrk ran out of distinct webhooks and re-sent {run.repeats:,}; raise --requests"
             f" (now {count_of(requests_file):,})"
         )
+    if duplicates:  # a store given beforehand already held some: each run needs requests of its own
+        raise RuntimeError(f"{name}: {duplicates:,} webhooks were duplicates of events already in the store")
     return run, check
 
 

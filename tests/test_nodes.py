@@ -157,3 +157,43 @@ def test_a_node_killed_mid_run_loses_nothing_and_the_other_delivers_it_once(
     insert_ids = [e["insert_id"] for e in box.events]
     assert len(insert_ids) == len(set(insert_ids))  # none twice
     assert set(insert_ids) <= set(sent)  # nothing unknown
+
+
+def test_a_pause_on_one_node_acts_on_every_node(
+    tmp_path: Path,
+    sandbox: Any,
+    clock: Clock,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The console of node A pauses amplitude: node B stops sending within PAUSES_FOLLOW_S (its
+    # webhooks are queued), and sends them once A's console resumes it.
+    import httpx
+
+    from loopwire import app as app_module
+    from tests.conftest import CONSOLE_TOKEN
+
+    monkeypatch.setattr(app_module, "PAUSES_FOLLOW_S", 0.1)
+    box, sandbox_url = sandbox
+    config = make_config(on_backend("postgres", tmp_path, request), sandbox_url, batching={"linger": "0s"})
+    bearer = {"Authorization": f"Bearer {CONSOLE_TOKEN}"}
+    with ExitStack() as stack:
+        apps = [create_app(config, clock=clock) for _ in range(2)]
+        urls = [stack.enter_context(serve_app(app)) for app in apps]
+        node_b = apps[1].state.runtime
+        answer = httpx.post(f"{urls[0]}/api/destinations/amplitude/pause", headers=bearer)
+        assert answer.status_code == 200
+        wait_until(lambda: "amplitude" not in node_b.couriers, what="node B's courier stopped")
+        assert node_b.paused == {"amplitude"}
+        body = encode(webhook("email", "sent", user_id="cust_pause", event_id="evt-paused-on-b"))
+        assert (
+            post(f"{urls[1]}/webhooks/customerio", body, signed_headers(SIGNING_KEY, body)).status_code == 200
+        )
+        assert node_b.store.counts()["amplitude"]["pending"] == 1
+        assert box.stats()["events_ingested"] == 0  # queued, not sent, by either node
+        answer = httpx.post(f"{urls[0]}/api/destinations/amplitude/resume", headers=bearer)
+        assert answer.status_code == 200
+        wait_until(lambda: node_b.store.counts()["amplitude"]["delivered"] == 1, what="the queued event sent")
+        wait_until(lambda: "amplitude" in node_b.couriers, what="node B's courier started again")
+        assert node_b.paused == set()
+    assert [e["insert_id"] for e in box.events] == ["evt-paused-on-b"]

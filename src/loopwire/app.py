@@ -45,6 +45,9 @@ from loopwire.web.routes import console_routes
 log = logging.getLogger("loopwire.app")
 
 READY_PROBE_TIMEOUT_S = 2.0  # a store write slower than this counts as failing
+# Several nodes on one PostgreSQL database: how often each reads which destinations the console
+# paused or resumed (on any node), so a pause acts on every node within this, not at their restart.
+PAUSES_FOLLOW_S = 2.0
 READY_CACHE_S = 1.0  # readiness is worked out at most once a second, however often it is asked
 
 
@@ -83,6 +86,7 @@ class Runtime:
         if config.store.retention.enabled:
             self.retention = Retention(self.store, config, clock)
         self._ready: tuple[float, int, dict[str, Any]] | None = None
+        self._pauses: asyncio.Task[None] | None = None
         self._ready_lock = asyncio.Lock()
         self.ingest = Ingest(
             self.store,
@@ -126,6 +130,40 @@ class Runtime:
                 log.warning("destination %s is paused: its events are queued, not sent", name)
                 continue
             self._start_courier(name)
+        if self.store.dialect == "postgres":  # other nodes may pause and resume (one node per SQLite file)
+            self._pauses = asyncio.create_task(self._follow_pauses(), name="loopwire-pauses")
+
+    async def _follow_pauses(self) -> None:
+        """Apply here what the console of another node paused or resumed (kept in the store)."""
+        while True:
+            await asyncio.sleep(PAUSES_FOLLOW_S)
+            try:
+                stored = set(await asyncio.to_thread(console_store.paused, self.store)) & set(
+                    self.destinations
+                )
+                for name in sorted(stored - self.paused):
+                    await self._pause_here(name)
+                    log.warning("destination %s paused from another node's console", name)
+                for name in sorted(self.paused - stored):
+                    if not self.config.destinations[name].paused:  # (the config's pause stays)
+                        await self._resume_here(name)
+                        log.warning("destination %s resumed from another node's console", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is away for a moment: the next round reads again
+                log.exception("could not read which destinations are paused")
+
+    async def _pause_here(self, name: str) -> None:
+        self.paused.add(name)
+        courier = self.couriers.pop(name, None)
+        if courier is not None:
+            await courier.stop()  # rows it had in flight are settled or sent again at resume
+
+    async def _resume_here(self, name: str) -> None:
+        self.paused.discard(name)
+        if name not in self.couriers:
+            await asyncio.to_thread(console_store.requeue_in_flight, self.store, name)
+            self._start_courier(name)
 
     def _start_courier(self, name: str) -> None:
         courier = Courier(self.destinations[name], self.store, self.metrics, clock=self.clock)
@@ -137,19 +175,17 @@ class Runtime:
         so it outlasts a restart. `paused: true` in the config cannot be resumed from here."""
         await asyncio.to_thread(console_store.set_paused, self.store, name, pause, int(self.clock() * 1000))
         if pause:
-            self.paused.add(name)
-            courier = self.couriers.pop(name, None)
-            if courier is not None:
-                await courier.stop()  # rows it had in flight are settled or sent again at resume
+            await self._pause_here(name)
             log.warning("destination %s paused from the console: its events are queued, not sent", name)
         elif not self.config.destinations[name].paused:
-            self.paused.discard(name)
-            if name not in self.couriers:
-                await asyncio.to_thread(console_store.requeue_in_flight, self.store, name)
-                self._start_courier(name)
+            await self._resume_here(name)
             log.warning("destination %s resumed from the console", name)
 
     async def stop(self) -> None:
+        if self._pauses is not None:
+            self._pauses.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pauses
         if self.ingest_process is not None:
             await self.ingest_process.stop()
         if self.retention is not None:

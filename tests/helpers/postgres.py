@@ -42,14 +42,21 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """`root`: a directory kept after `stop()` (bench/postgres_large_log.py keeps a big database
+    between runs): its cluster is made there if missing, else started again. Without it, a
+    temporary directory removed at the end."""
+
+    def __init__(self, root: Path | None = None) -> None:
         found = bindir()
         if found is None:
             raise RuntimeError(
                 "PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)"
             )
         self.bin = found
-        self.root = Path(tempfile.mkdtemp(prefix="loopwire-pg-"))
+        self._keep = root is not None
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="loopwire-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.port = _free_port()
@@ -59,18 +66,10 @@ class Cluster:
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", RUN_AS, "--"]
         self._names = itertools.count(1)
-        self._run("mkdir", "-m", "700", str(self.socket_dir))
-        self._run(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",  # the socket's directory is the cluster user's, mode 700: nobody else reaches it
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",  # a throwaway cluster: initdb need not fsync; the server itself does
-        )
+        if not self.socket_dir.exists():
+            self._run("mkdir", "-m", "700", str(self.socket_dir))
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -81,6 +80,19 @@ class Cluster:
             "-o",
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c max_connections=200",
             "start",
+        )
+
+    def _init(self) -> None:
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",  # the socket's directory is the cluster user's, mode 700: nobody else reaches it
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",  # a throwaway cluster: initdb need not fsync; the server itself does
         )
 
     def _run(self, *argv: str) -> None:
@@ -114,14 +126,20 @@ class Cluster:
         )
         return done.stdout.strip()
 
-    def create_database(self) -> str:
-        """A new, empty database; its DSN."""
-        name = f"loopwire_{next(self._names)}"
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database (named `name`, else the next free `loopwire_<n>`); its DSN."""
+        if name is None:  # a kept cluster may hold databases of an earlier run
+            taken = set(self.psql("SELECT datname FROM pg_database").split()) if self._keep else set()
+            name = next(n for n in (f"loopwire_{k}" for k in self._names) if n not in taken)
         self.psql(f"CREATE DATABASE {name}")
         return self.dsn(name)
+
+    def has_database(self, name: str) -> bool:
+        return self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") == "1"
 
     def stop(self) -> None:
         try:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if not self._keep:
+                shutil.rmtree(self.root, ignore_errors=True)

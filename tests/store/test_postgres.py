@@ -159,3 +159,34 @@ def test_one_node_at_a_time_leads_and_a_stopped_leader_hands_on(pg_dsn: str) -> 
     assert second.lead("audiences") and not third.lead("audiences")
     second.close()
     third.close()
+
+
+def test_a_young_log_is_analyzed_each_time_it_has_doubled(pg_dsn: str) -> None:
+    # A new database's plans are made for empty tables until its statistics exist; a node runs
+    # ANALYZE from 1,000 events and again whenever the log has doubled (store/postgres.py). Only
+    # that ANALYZE sets the partitioned parent's `reltuples`: autovacuum never analyzes it.
+    store = PostgresStore(pg_dsn, recover=False)  # (no reaper thread: the rounds are called here)
+
+    def reltuples(table: str = "events") -> float:
+        sql = "SELECT reltuples FROM pg_class WHERE relname = ?"
+        return float(store.read(lambda c: c.execute(sql, (table,)).fetchone()[0]))
+
+    def round_() -> None:
+        with store._raw() as conn:
+            store._analyze_young_log(conn)
+
+    try:
+        store.append_sync([event(n) for n in range(999)], [["amplitude"]] * 999)
+        round_()
+        assert reltuples() == -1  # never analyzed: under 1,000 events
+        store.append_sync([event(n) for n in range(999, 1_200)], [["amplitude"]] * 201)
+        round_()
+        assert reltuples() == 1_200 and reltuples("outbox") == 1_200 and reltuples("event_ids") == 1_200
+        store.append_sync([event(n) for n in range(1_200, 2_000)], [["amplitude"]] * 800)
+        round_()
+        assert reltuples() == 1_200  # not doubled yet
+        store.append_sync([event(n) for n in range(2_000, 2_400)], [["amplitude"]] * 400)
+        round_()
+        assert reltuples() == 2_400
+    finally:
+        store.close()

@@ -13,6 +13,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psycopg
@@ -205,7 +206,17 @@ def test_a_drop_that_cannot_get_its_locks_gives_up_and_puts_the_ids_back(
     assert seqs(store) == [15, 21]
 
 
-def test_the_appender_makes_the_partitions_a_group_needs(store: PostgresStore) -> None:
+def test_the_appender_makes_the_partitions_a_group_needs(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looks: list[int] = []  # the seqs the appender asked partitions through
+    cover = postgres_partitions.cover
+
+    def looking(conn: psycopg.Connection[Any], last: int, through: int, now_ms: int | None) -> int:
+        looks.append(through)
+        return cover(conn, last, through, now_ms)
+
+    monkeypatch.setattr(postgres_partitions, "cover", looking)
     # made at start: 2 for the first seqs, 3 ahead
     assert [(low, high) for _, low, high in bounds(store)][1:] == [(1, 11), (11, 21)]
     store.append_sync([event(n, 1) for n in range(1, 36)], [["amplitude"]] * 35)  # past the last bound
@@ -213,6 +224,15 @@ def test_the_appender_makes_the_partitions_a_group_needs(store: PostgresStore) -
     made = bounds(store)
     assert [(low, high) for _, low, high in made][3:] == [(21, 36)]  # one for the rest of the group
     assert all(a[2] == b[1] for a, b in itertools.pairwise(made))
+    assert looks == [35]
+    # past it again, with a duplicate: written once, the second time, after the partition is made
+    fresh = store.append_sync([event(n, 1) for n in (5, 36, 37)], [["amplitude"]] * 3)
+    assert fresh == [False, True, True] and seqs(store) == list(range(1, 38)) and len(outbox(store)) == 37
+    assert looks == [35, 38] and set(ids(store)) == {f"evt-{n:04d}" for n in range(1, 38)}
+    _, low, high = bounds(store)[-1]
+    assert low == 36 and high > 38
+    store.append_sync([event(38, 1)], [["amplitude"]])  # below the bound it knows: no look
+    assert looks == [35, 38] and seqs(store) == list(range(1, 39))
 
 
 def test_the_next_partition_holds_about_a_day_of_the_log(store: PostgresStore, pg_dsn: str) -> None:

@@ -6,14 +6,15 @@ The same guarantees as the SQLite store (store/sqlite.py), the same shape:
   one transaction and commits once (`synchronous_commit` is the server's: on, by default, so a
   commit has reached the server's WAL on disk). A job's future resolves only after COMMIT.
 - **Dedupe on event id; seqs in commit order.** The appends of a group take one transaction-level
-  advisory lock (`APPEND_LOCK`) shared by every node, look up which ids the log already holds (in
-  `event_ids`: the log is partitioned by seq, migration 13, so it cannot hold a unique index on
-  id), and insert the new events with consecutive seqs after MAX(seq) together with their ids (one
-  statement; `event_ids`' key is the last word) and their outbox rows: two statements whatever the
-  group's size. Holding the lock until commit makes seqs consecutive and in commit order across
-  nodes, as SQLite's single writer does: the log's readers (the audience engine's cursor) follow it
-  by seq and never skip a row committed late. A group whose seqs would pass the last partition
-  makes the partitions it needs first (store/postgres_partitions.py).
+  advisory lock (`APPEND_LOCK`) shared by every node, then one statement (`_APPEND`) leaves out the
+  ids the log already holds (in `event_ids`: the log is partitioned by seq, migration 13, so it
+  cannot hold a unique index on id) and inserts the new events with consecutive seqs after
+  MAX(seq), their ids and their outbox rows, whatever the group's size (`event_ids`' key is the
+  last word: it raises, as only appends write events and they hold the lock). Holding the lock
+  until commit makes seqs consecutive and in commit order across nodes, as SQLite's single writer
+  does: the log's readers (the audience engine's cursor) follow it by seq and never skip a row
+  committed late. A group whose seqs would pass the last partition makes the partitions it needs
+  first (store/postgres_partitions.py).
 - **Claims never overlap.** A claim is `FOR UPDATE SKIP LOCKED` over the destination's due rows in
   (next_ms, seq) order, the order of SQLite's claims, and marks them in flight with the node's id.
 - **One leader per role.** The audience engine follows the log on one node at a time: the first to
@@ -43,6 +44,7 @@ from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.numeric import Int8
 from psycopg_pool import ConnectionPool
 
 from loopwire.model import Event, encode_event
@@ -118,7 +120,7 @@ def scan_connection(dsn: str) -> PgConnection:
 
 
 class _Append:
-    """An append job; the writer merges every append of a group into two statements."""
+    """An append job; the writer merges every append of a group into one statement (`_APPEND`)."""
 
     def __init__(self, events: Sequence[Event], routes: Sequence[Sequence[str]]) -> None:
         self.events = list(events)
@@ -133,67 +135,89 @@ class _Top:
     bound = 0
 
 
+# One statement for a group's appends, after the append lock (a statement of its own, sent in the
+# same pipeline): the group's events as columns, `ord` their place in the group. Those whose id the
+# log does not hold (in `event_ids`; the first copy of an id the group holds twice) get the seqs
+# after MAX(seq) in the group's order; the events, their ids and their outbox rows (`routes`: pairs
+# of place and destination) are written by the statement's three data-modifying CTEs. It returns
+# each new place with its seq and whether it was written: only if the group's last seq is below
+# the bound in `fits`, the top of the partitions the writer knows of (`_Top`). A group that would
+# pass it writes nothing (an insert past the last partition fails: "no partition of relation found
+# for row"), and the writer makes the partitions first and sends it again, under the same lock: so
+# the usual group is still one round trip, the lock and this statement.
+# Parameters go in binary (`%b`): psycopg's text format escapes every array element with a regex,
+# which cost 1.1 ms of the 2.4 ms a group of 32 took (docs/performance.md, PostgreSQL).
+_APPEND = """
+WITH input AS (
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::text[], %b::int8[], %b::int8[], %b::bytea[])
+        WITH ORDINALITY AS i (id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body, ord)
+), fresh AS (
+    SELECT DISTINCT ON (i.id) i.* FROM input AS i
+    WHERE NOT EXISTS (SELECT 1 FROM event_ids AS k WHERE k.id = i.id)
+    ORDER BY i.id, i.ord
+), numbered AS (
+    SELECT f.*, (SELECT COALESCE(MAX(seq), 0) FROM events) + row_number() OVER (ORDER BY f.ord) AS seq
+    FROM fresh AS f
+), fits AS (
+    SELECT COALESCE(MAX(seq), 0) < %b::int8 AS ok FROM numbered
+), written AS (
+    SELECT * FROM numbered WHERE (SELECT ok FROM fits)
+), added AS (
+    INSERT INTO events (seq, id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body)
+    SELECT seq, id, source, kind, channel, metric, name, user_id, time_ms, received_ms, body FROM written
+), known AS (
+    INSERT INTO event_ids (id, seq) SELECT id, seq FROM written
+), queued AS (
+    INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)
+    SELECT r.dest, w.seq, 'pending', w.received_ms, w.received_ms, w.received_ms
+    FROM unnest(%b::int8[], %b::text[]) AS r (ord, dest) JOIN written AS w ON w.ord = r.ord
+)
+SELECT ord, seq, (SELECT ok FROM fits) FROM numbered
+"""
+
+
 def _append(conn: psycopg.Connection[Any], appends: Sequence[_Append], top: _Top) -> list[list[bool]]:
     """Inside the writer's transaction: per append, True where the event is new."""
-    ids = [e.id for a in appends for e in a.events]
-    if not ids:
+    events = [e for a in appends for e in a.events]
+    if not events:
         return [[] for _ in appends]
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-    known = {row[0] for row in conn.execute("SELECT id FROM event_ids WHERE id = ANY(%s)", (ids,))}
-    (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone() or (0,)
-    first = last
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    outbox: list[list[Any]] = [[], [], []]  # dest, seq, received_ms
-    results: list[list[bool]] = []
+    rows = [
+        (e.id, e.source, e.kind, e.channel, e.metric, e.name, e.user_id, e.time_ms, e.received_ms)
+        for e in events
+    ]
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    columns.append([body for a in appends for body in a.bodies])
+    places: list[int] = []
+    dests: list[str] = []
+    place = 0
     for append in appends:
-        fresh: list[bool] = []
-        for e, dests, body in zip(append.events, append.routes, append.bodies, strict=True):
-            new = e.id not in known
-            fresh.append(new)
-            if not new:
-                continue
-            known.add(e.id)  # a second copy in the same group is a duplicate
-            last += 1
-            row = (
-                last,
-                e.id,
-                e.source,
-                e.kind,
-                e.channel,
-                e.metric,
-                e.name,
-                e.user_id,
-                e.time_ms,
-                e.received_ms,
-            )
-            for column, value in zip(columns, (*row, body), strict=True):
-                column.append(value)
-            for dest in dests:
-                outbox[0].append(dest)
-                outbox[1].append(last)
-                outbox[2].append(e.received_ms)
-        results.append(fresh)
-    if columns[0]:
-        if last >= top.bound:  # past the partitions this node knew of: look, and make what is missing
-            top.bound = partitions.cover(conn, first, last, max(columns[9]))
-        # The events and their ids in one statement; `event_ids`' key is the last word on a
-        # duplicate (it raises: only appends write events, and they hold APPEND_LOCK).
-        inserted = conn.execute(
-            "WITH added AS (INSERT INTO events (seq, id, source, kind, channel, metric, name, user_id,"
-            " time_ms, received_ms, body)"
-            " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bytea[]) RETURNING id, seq)"
-            " INSERT INTO event_ids (id, seq) SELECT id, seq FROM added",
-            columns,
-        ).rowcount
-        if inserted != len(columns[0]):
-            raise RuntimeError(f"{len(columns[0]) - inserted} new events were not logged")
-    if outbox[0]:
-        conn.execute(
-            "INSERT INTO outbox (dest, seq, state, enqueued_ms, next_ms, updated_ms)"
-            " SELECT d, s, 'pending', r, r, r FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS o (d, s, r)",
-            outbox,
-        )
+        for routes in append.routes:
+            place += 1
+            for dest in routes:
+                places.append(place)
+                dests.append(dest)
+    with conn.pipeline():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        numbered = conn.execute(_APPEND, (*columns, Int8(top.bound), places, dests)).fetchall()
+    if numbered and not numbered[0][2]:
+        # Past the partitions this node knew of, so nothing was written: look, make what is
+        # missing, and send the group again (the lock is still held: its seqs start where they
+        # did). The partitions go through the seq of the group's last event as if all of them were
+        # new: retention takes ids out of `event_ids` without the lock (before it drops a
+        # partition), so more of the group may be new the second time.
+        last = min(seq for _, seq, _ in numbered) - 1
+        received = max(events[at - 1].received_ms for at, _, _ in numbered)
+        top.bound = partitions.cover(conn, last, last + len(events), received)
+        numbered = conn.execute(_APPEND, (*columns, Int8(top.bound), places, dests)).fetchall()
+        if numbered and not numbered[0][2]:  # cover() makes partitions through the seq it is given
+            raise RuntimeError(f"no partition of the log for seq {last + len(events)} after making them")
+    new = {at for at, _, _ in numbered}
+    results: list[list[bool]] = []
+    place = 0
+    for append in appends:
+        results.append([place + i + 1 in new for i in range(len(append.events))])
+        place += len(append.events)
     return results
 
 
@@ -250,6 +274,8 @@ class Store:
             self._lease.execute("SELECT pg_advisory_lock(%s)", (self._node,))
             migrate(self._lease)
             self._ahead(None)
+            self._top = _Top()
+            self._top.bound = partitions.top(self._lease)  # else the first group would look
             self._recovered = self._lease.execute(_RECOVER).rowcount if recover else 0
             self._conn = psycopg.connect(dsn, autocommit=False)
         except BaseException:
@@ -258,13 +284,13 @@ class Store:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_max, kwargs={"autocommit": True}, name="loopwire-read", open=True
         )
-        self._top = _Top()
         self._jobs: queue.SimpleQueue[tuple[Job | _Append, Sink] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="loopwire-store-writer", daemon=True)
         self._thread.start()
         self.commits = 0
         self.companions: dict[str, Any] = {}
         self._leading: set[str] = set()
+        self._analyzed_at = 0  # the log's size when this node last ran ANALYZE (`_analyze_young_log`)
         # A serving node also puts back, every `RECOVER_EVERY_S`, what a node that died while it
         # runs left in flight: else those rows would wait for a node to start (the issue's "one node
         # SIGKILLed mid-run": the other delivers them; tests/test_nodes.py).
@@ -285,12 +311,30 @@ class Store:
             try:
                 with self._raw() as conn:
                     count = conn.execute(_RECOVER).rowcount
+                    self._analyze_young_log(conn)
             except Exception:  # the database is away for a moment: the next round tries again
                 log.exception("could not look for the in-flight rows of nodes that are gone")
                 continue
             if count:
                 self._recovered += count
                 log.warning("%d in-flight rows of a node that is gone are pending again", count)
+
+    def _analyze_young_log(self, conn: psycopg.Connection[Any]) -> None:
+        """ANALYZE the log's tables whenever the log has doubled since this node last did (from
+        1,000 events). Autovacuum analyzes `event_ids` and the partitions, but at most once a minute
+        and only after a tenth of a table changed, and never the partitioned parents `events` and
+        `outbox` themselves: PostgreSQL's manual ("Updating Planner Statistics") says to ANALYZE a
+        partitioned table when it is first populated and again when its partitions' data changes
+        significantly. Until then a new database's plans (the append's lookup in `event_ids`, the
+        status triggers') are made for empty tables: a group of 32 appends took 5.3 ms instead of
+        3.2 (docs/performance.md, PostgreSQL). The size is the newest seq, not `reltuples` (which
+        retention's drops lower): past the first doublings this is rare. ANALYZE of a parent samples
+        each of its partitions too, and blocks no writes (SHARE UPDATE EXCLUSIVE)."""
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        size = int(row[0]) if row else 0
+        if size >= max(1_000, 2 * self._analyzed_at):
+            conn.execute("ANALYZE events, outbox, event_ids")
+            self._analyzed_at = size
 
     @property
     def dialect(self) -> Literal["postgres"]:
