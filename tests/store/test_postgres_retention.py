@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from loopwire.store import Settlement, postgres_partitions, postgres_retention
 from loopwire.store.postgres import Store as PostgresStore
 from loopwire.store.postgres_schema import MIGRATIONS
 from loopwire.store.retention import Trimmed, deleted, trim
+from tests.conftest import wait_until
 from tests.store.test_retention import DAY, NOW, cutoffs, event
 
 runner = CliRunner()
@@ -233,6 +236,26 @@ def test_the_appender_makes_the_partitions_a_group_needs(
     assert low == 36 and high > 38
     store.append_sync([event(38, 1)], [["amplitude"]])  # below the bound it knows: no look
     assert looks == [35, 38] and seqs(store) == list(range(1, 39))
+
+
+def test_a_partition_made_by_a_group_that_failed_is_made_again(store: PostgresStore) -> None:
+    # The group that makes a partition dies before COMMIT (its connection is cut by a job after the
+    # appends): the partition goes with its transaction, so the writer must not count on it when it
+    # runs that group's append again alone.
+    entered, gate = threading.Event(), threading.Event()
+    blocker = store.submit(lambda c: entered.set() or gate.wait(10))
+    assert entered.wait(10)  # the writer is busy: what comes next is queued as one group
+    with ThreadPoolExecutor(1) as pool:
+        appended = pool.submit(store.append_sync, [event(n, 1) for n in range(1, 26)], [["amplitude"]] * 25)
+        wait_until(lambda: store._jobs.qsize() == 1, what="the append queued")
+        cut = store.submit(lambda c: c.raw.execute("SELECT pg_terminate_backend(pg_backend_pid())"))
+        gate.set()
+        assert appended.result(30) == [True] * 25
+    blocker.result(10)
+    with pytest.raises(psycopg.OperationalError):
+        cut.result(10)
+    assert seqs(store) == list(range(1, 26)) and len(outbox(store)) == 25
+    assert bounds(store)[-1][1] == 21 and bounds(store)[-1][2] > 25
 
 
 def test_the_next_partition_holds_about_a_day_of_the_log(store: PostgresStore, pg_dsn: str) -> None:

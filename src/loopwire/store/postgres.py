@@ -362,6 +362,7 @@ class Store:
     def _run_group(self, batch: list[tuple[Job | _Append, Sink]]) -> None:
         conn = self._conn
         results: list[tuple[bool, Any]] = []
+        bound = self._top.bound
         try:
             if conn.closed:  # the server closed it (a restart): a new one, or this group fails
                 self._conn = conn = psycopg.connect(self._dsn, autocommit=False)
@@ -386,6 +387,7 @@ class Store:
         except Exception as exc:  # the commit itself failed (or the connection): nobody is durable
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
+            self._top.bound = bound  # a partition the group made went with it
             if len(batch) > 1:  # one job may be what failed: each alone, so it fails by itself
                 for item in batch:
                     self._run_group([item])
