@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -259,37 +260,79 @@ def test_backfill_queues_history_the_route_takes(
     assert bad.exit_code == 2
 
 
-def test_sandbox_command_serves_all_three_vendors() -> None:
+def test_sandbox_command_serves_all_three_vendors(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     import httpx
 
-    from tests.conftest import wait_until
     from tests.helpers.servers import free_port
 
-    port = free_port()
-    while any(_busy(port + n) for n in range(3)):
+    def up(url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # Three consecutive ports, checked free just before: another test's client socket may still take
+    # one of them in the meantime, so a sandbox that could not bind (and exits saying so) is started
+    # again on other ports; any other exit fails with what the process wrote.
+    for attempt in range(3):
         port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loopwire", "sandbox", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+        while any(_busy(port + n) for n in range(3)):
+            port = free_port()
+        log = tmp_path / f"sandbox-{attempt}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "loopwire", "sandbox", "--port", str(port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            pending = [
+                f"http://127.0.0.1:{port + offset}/_sandbox/{path}"
+                for offset, path in enumerate(("amplitude/events", "customerio/people", "segment/messages"))
+            ]
+            deadline = time.monotonic() + 30
+            while pending and process.poll() is None and time.monotonic() < deadline:
+                if up(pending[0]):
+                    pending.pop(0)
+                else:
+                    time.sleep(0.1)
+            if not pending:
+                return
+            written = log.read_text(errors="replace")
+            if process.poll() is not None and "cannot listen on" in written:
+                continue
+            raise AssertionError(f"the sandboxes did not all answer ({pending[0]}):\n{written}")
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    raise AssertionError("three attempts found their ports taken")
 
-        def up(url: str) -> bool:
-            try:
-                return httpx.get(url, timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
 
-        for offset, path in enumerate(("amplitude/events", "customerio/people", "segment/messages")):
-            address = f"http://127.0.0.1:{port + offset}/_sandbox/{path}"
-            wait_until(lambda address=address: up(address), timeout=20, what=path)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def test_sandbox_command_says_which_port_is_taken() -> None:
+    """A port in use is one line naming the vendor and the port, exit 1, and no sandbox left
+    running: none starts before every port is bound."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] - 1  # the second sandbox's (customerio's) port is taken
+        done = subprocess.run(
+            [sys.executable, "-m", "loopwire", "sandbox", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    written = done.stdout + done.stderr
+    assert done.returncode == 1, written
+    assert f"customerio sandbox: cannot listen on 127.0.0.1:{port + 1}" in written
+    assert "Traceback" not in written
+    assert not _busy(port)  # the amplitude sandbox bound its port and let it go
 
 
 def _busy(port: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import sys
 import time
 from pathlib import Path
@@ -183,16 +184,26 @@ def sandbox(
         "customerio": lambda: CustomerioSandbox().app,
         "segment": lambda: SegmentSandbox(write_keys=keys).app,
     }
-    servers = []
+    # Every port is bound before any sandbox starts: a port already taken is one line and exit 1,
+    # not a sandbox or two left half started and uvicorn's tracebacks.
+    listening: list[tuple[uvicorn.Server, socket.socket]] = []
     for offset, name in enumerate(chosen):
-        config = uvicorn.Config(
-            apps[name](), host=host, port=port + offset, loop="uvloop", http="httptools", log_level="warning"
-        )
-        servers.append(uvicorn.Server(config))
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port + offset))
+        except OSError as exc:
+            err.print(f"{name} sandbox: cannot listen on {host}:{port + offset}: {exc.strerror or exc}")
+            sock.close()
+            for _, other in listening:
+                other.close()
+            raise typer.Exit(1) from None
+        config = uvicorn.Config(apps[name](), loop="uvloop", http="httptools", log_level="warning")
+        listening.append((uvicorn.Server(config), sock))
         err.print(f"{name} sandbox on http://{host}:{port + offset} (what it accepted: /_sandbox/{name}/)")
 
     async def serve_all() -> None:
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in listening))
 
     asyncio.run(serve_all())
 
