@@ -133,20 +133,22 @@ def write_config(
 ) -> Path:
     """The example's store and server sections, the two API sources, and no destination — or, given a
     sandbox URL, the example's amplitude destination pointed at it. `sections` replace top-level
-    sections (bench/postgres_ingest.py: a PostgreSQL `store`, its `server` and `identity`)."""
+    sections, but for `server`, whose keys amend the example's (bench/postgres_ingest.py: a
+    PostgreSQL `store`, `identity` off, no ingest process)."""
     example = yaml.safe_load((ROOT / "examples" / "loopwire.yaml").read_text())
+    extra = dict(sections or {})
     destinations: dict[str, Any] = {}
     if sandbox_url is not None:
         destinations["amplitude"] = {**example["destinations"]["amplitude"], "base_url": sandbox_url}
     document = {
         "store": {**example.get("store", {}), "path": str(store)},
-        "server": example.get("server", {}),
+        "server": {**example.get("server", {}), **extra.pop("server", {})},
         "sources": {
             "amplitude_api": {"api_keys": ["${AMPLITUDE_API_KEY}"]},
             "segment_api": {"write_keys": ["${STOREFRONT_WRITE_KEY}"]},
         },
         "destinations": destinations,
-        **(sections or {}),
+        **extra,
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

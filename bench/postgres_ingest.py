@@ -32,13 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from ulid import ULID
 
 from bench import batch_ingest
 from bench.common import (
     LOOPWIRE_ENV,
-    ROOT,
     Result,
     WrkRun,
     amplitude_sandbox,
@@ -214,7 +212,7 @@ def _batch(work: Path, cluster: Cluster, wrk_args: dict[str, Any], rounds: int) 
                     "",
                     wrk_args,
                     delivery=False,
-                    sections={**PG_SECTIONS, "server": {**batch_ingest_server(), **PG_SERVER}},
+                    sections={**PG_SECTIONS, "server": PG_SERVER},
                     env={"LOOPWIRE_PG_DSN": dsn},
                     count=lambda dsn=dsn: pg_counts(dsn),
                 )
@@ -240,11 +238,6 @@ def _batch(work: Path, cluster: Cluster, wrk_args: dict[str, Any], rounds: int) 
             },
         )
     ]
-
-
-def batch_ingest_server() -> dict[str, Any]:
-    """The example's `server` section (batch_ingest.write_config's), which PG_SERVER amends."""
-    return dict(yaml.safe_load((ROOT / "examples" / "loopwire.yaml").read_text()).get("server", {}))
 
 
 def _nodes(

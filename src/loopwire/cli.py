@@ -184,21 +184,21 @@ def sandbox(
         "customerio": lambda: CustomerioSandbox().app,
         "segment": lambda: SegmentSandbox(write_keys=keys).app,
     }
-    # Every port is bound before any sandbox starts: a port already taken is one line and exit 1,
-    # not a sandbox or two left half started and uvicorn's tracebacks.
+    # Every port is bound before any sandbox starts (uvicorn's own `bind_socket`, which logs why and
+    # exits when it cannot): a port already taken is a line and exit 1, not a sandbox or two left
+    # half started and uvicorn's tracebacks.
     listening: list[tuple[uvicorn.Server, socket.socket]] = []
     for offset, name in enumerate(chosen):
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        config = uvicorn.Config(
+            apps[name](), host=host, port=port + offset, loop="uvloop", http="httptools", log_level="warning"
+        )
         try:
-            sock.bind((host, port + offset))
-        except OSError as exc:
-            err.print(f"{name} sandbox: cannot listen on {host}:{port + offset}: {exc.strerror or exc}")
-            sock.close()
+            sock = config.bind_socket()
+        except SystemExit:
+            err.print(f"{name} sandbox: cannot listen on {host}:{port + offset}")
             for _, other in listening:
                 other.close()
             raise typer.Exit(1) from None
-        config = uvicorn.Config(apps[name](), loop="uvloop", http="httptools", log_level="warning")
         listening.append((uvicorn.Server(config), sock))
         err.print(f"{name} sandbox on http://{host}:{port + offset} (what it accepted: /_sandbox/{name}/)")
 
