@@ -35,9 +35,10 @@ OUT = BENCH / "out"
 PYTHON = sys.executable
 SIGNING_KEY = "bench-signing-key"
 API_KEY = "bench-api-key-0001"
-# Webhook bodies: the repo's golden mapping inputs, plus the reference fixtures when they are present.
+# Webhook bodies: the repo's golden mapping inputs, plus the vendors' reference webhooks (their copy
+# in tests/reference, tests/helpers/reference.py).
 GOLDEN_INPUTS = ROOT / "tests" / "fixtures" / "amplitude"
-REFERENCE_WEBHOOKS = ROOT.parent / "shared" / "reference" / "fixtures" / "customerio" / "webhooks"
+REFERENCE_WEBHOOKS = ROOT / "tests" / "reference" / "customerio" / "webhooks"
 MAX_MIX_BODY = 8_192  # leave out the synthetic 70 kB "long strings" edge case: it is not a typical webhook
 
 
@@ -353,10 +354,7 @@ def run_wrk(
 
 
 def _fixture_files() -> list[Path]:
-    files = sorted(GOLDEN_INPUTS.glob("*/input.json"))
-    if REFERENCE_WEBHOOKS.is_dir():
-        files += sorted(REFERENCE_WEBHOOKS.glob("*/*.json"))
-    return files
+    return sorted(GOLDEN_INPUTS.glob("*/input.json")) + sorted(REFERENCE_WEBHOOKS.glob("*/*.json"))
 
 
 def webhook_mix() -> list[dict[str, Any]]:

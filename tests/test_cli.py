@@ -17,10 +17,9 @@ from loopwire.cli import app
 from loopwire.model import Event
 from loopwire.store import Settlement, SQLiteStore, Store
 from tests.conftest import API_KEY
+from tests.helpers import reference
 
-REFERENCE = (
-    Path(__file__).resolve().parents[2] / "shared" / "reference" / "fixtures" / "customerio" / "webhooks"
-)
+REFERENCE = reference.FIXTURES / "customerio" / "webhooks"
 runner = CliRunner()
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +16,7 @@ import pytest
 
 from loopwire.contracts.amplitude import INVALID_IDS
 from loopwire.sandbox.amplitude import AmplitudeSandbox
+from tests.helpers import reference
 from tests.helpers.servers import serve_app
 
 NOW = 1_741_083_300.0
@@ -27,25 +26,10 @@ KEYS = frozenset({KEY, "TEST_API_KEY_2", "API_KEY_PLACEHOLDER", "AMPLITUDE_API_K
 CONTROL = "/_sandbox/amplitude"
 
 
-def _reference_dir() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [
-        os.environ.get("LOOPWIRE_REFERENCE_FIXTURES", ""),
-        repo / "tests/fixtures/amplitude/reference",
-        repo.parent / "shared/reference/fixtures/amplitude",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "httpapi_request_simple.json").is_file():
-            return Path(candidate)
-    return None
-
-
-REFERENCE = _reference_dir()
+REFERENCE = reference.FIXTURES / "amplitude"
 
 
 def fixture(name: str) -> Any:
-    if REFERENCE is None:
-        pytest.skip("amplitude reference fixtures not found (set LOOPWIRE_REFERENCE_FIXTURES)")
     return json.loads((REFERENCE / name).read_text())
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from customerio import CustomerIO, CustomerIOException
 
 from loopwire.sandbox.customerio import CustomerioSandbox
+from tests.helpers import reference
 from tests.helpers.servers import free_port, serve_app
 
 NOW = 1_735_689_600.0
@@ -36,25 +35,10 @@ ULID_B = "01J9Z8B1B2C3D4E5F6G7H8J9KN"
 UNAUTHORIZED = "Unauthorized request: check your site ID and Track API key"
 
 
-def _reference_dir() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [
-        os.environ.get("LOOPWIRE_CUSTOMERIO_FIXTURES", ""),
-        repo / "tests/fixtures/customerio/track-api",
-        repo.parent / "shared/reference/fixtures/customerio/track-api",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "docs-openapi/v2_batch.json").is_file():
-            return Path(candidate)
-    return None
-
-
-REFERENCE = _reference_dir()
+REFERENCE = reference.FIXTURES / "customerio" / "track-api"
 
 
 def fixture(name: str) -> Any:
-    if REFERENCE is None:
-        pytest.skip("customerio track-api fixtures not found (set LOOPWIRE_CUSTOMERIO_FIXTURES)")
     return json.loads((REFERENCE / name).read_text())
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from loopwire.contracts.segment import write_key_hash
 from loopwire.sandbox.segment import SegmentSandbox
+from tests.helpers import reference
 from tests.helpers.servers import serve_app
 
 NOW = 1_741_083_300.0
@@ -32,25 +31,10 @@ CONTROL = "/_sandbox/segment"
 OK = {"success": True}
 
 
-def _reference_dir() -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    candidates: list[str | Path] = [
-        os.environ.get("LOOPWIRE_SEGMENT_FIXTURES", ""),
-        repo / "tests/fixtures/segment/reference",
-        repo.parent / "shared/reference/fixtures/segment",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "track.json").is_file():
-            return Path(candidate)
-    return None
-
-
-REFERENCE = _reference_dir()
+REFERENCE = reference.FIXTURES / "segment"
 
 
 def fixture(name: str) -> Any:
-    if REFERENCE is None:
-        pytest.skip("segment reference fixtures not found (set LOOPWIRE_SEGMENT_FIXTURES)")
     return json.loads((REFERENCE / name).read_text())
 
 

@@ -8,8 +8,9 @@ import pytest
 from loopwire.errors import InputError
 from loopwire.sources.customerio_parse import parse_webhook
 from loopwire.sources.customerio_webhooks import keyed, verify_signature
+from tests.helpers import reference
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures" / "customerio"
+REFERENCE = reference.FIXTURES / "customerio"
 VECTOR = json.loads((REFERENCE / "signature" / "v0_known_answer.json").read_text())
 TS = int(VECTOR["headers"]["X-CIO-Timestamp"])
 

@@ -8,7 +8,6 @@ folder; when the folder is present, a test checks the copies still match it and 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,9 @@ from loopwire.destinations.amplitude import api
 from loopwire.destinations.amplitude.options import AmplitudeOptions
 from loopwire.destinations.base import Delivered, Outcome, Rejected, Retry, Split
 from loopwire.settings import Secret
+from tests.helpers import reference
 
-REFERENCE = Path(__file__).resolve().parents[4] / "shared" / "reference" / "fixtures" / "amplitude"
+REFERENCE = reference.FIXTURES / "amplitude"
 
 FIXTURES: dict[str, dict[str, Any]] = {
     "batch_response_429_daily_quota.json": {
@@ -119,7 +119,6 @@ def check_shape(outcomes: tuple[Outcome, ...], count: int) -> None:
     assert rest == 1 or len(seen) == count, outcomes
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference fixtures not available")
 def test_every_reference_response_fixture_is_covered_verbatim() -> None:
     files = sorted(p.name for p in REFERENCE.glob("*response*.json"))
     assert files == sorted(FIXTURES)

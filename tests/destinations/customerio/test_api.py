@@ -5,7 +5,6 @@ plus the rules the reference leaves open (429, 413, Retry-After, 5xx) and the ho
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,16 +13,9 @@ from loopwire.destinations.base import Delivered, Outcome, Rejected, Retry, Spli
 from loopwire.destinations.customerio import api
 from loopwire.destinations.customerio.options import CustomerioOptions
 from loopwire.settings import Secret
+from tests.helpers import reference
 
-REFERENCE = (
-    Path(__file__).resolve().parents[4]
-    / "shared"
-    / "reference"
-    / "fixtures"
-    / "customerio"
-    / "track-api"
-    / "constructed"
-)
+REFERENCE = reference.FIXTURES / "customerio" / "track-api" / "constructed"
 
 FIXTURES: dict[str, dict[str, Any]] = {
     "v2_batch_207_response.json": {
@@ -70,7 +62,6 @@ def classify(
     return outcomes
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference fixtures not available")
 def test_response_fixtures_match_the_reference() -> None:
     for name, doc in FIXTURES.items():
         assert json.loads((REFERENCE / name).read_text()) == doc, name
