@@ -166,6 +166,18 @@ def test_the_appender_of_another_process_waits_its_turn_too(store: SQLiteStore) 
     assert store.counts()["amplitude"]["pending"] == 1
 
 
+def test_the_appender_keeps_its_statement_journals_in_memory(store: SQLiteStore) -> None:
+    # (a temporary file per commit otherwise: seven system calls on the webhooks' path)
+    appender = sqlite_store.Appender(store.path)
+    try:
+        assert appender._conn.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+        group = [event(n) for n in range(32)]
+        assert appender.append([(group, [["amplitude"]] * 32)]) == [[True] * 32]
+    finally:
+        appender.close()
+    assert store.counts()["amplitude"]["pending"] == 32
+
+
 def test_a_writer_gives_up_after_the_busy_timeout(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
