@@ -715,9 +715,10 @@ class Appender:
     def __init__(self, path: str | Path) -> None:
         self._conn = connect(path)
         self._conn.execute("PRAGMA busy_timeout=0")  # writes wait in `_locked`
-        # Each group's INSERT otherwise made SQLite create, unlink and close a temporary file (its
-        # statement journal): seven system calls a commit on the webhooks' path. This connection
-        # only appends groups of at most GROUP_MAX webhooks, so what it keeps in memory is small.
+        # Otherwise each group's INSERT makes SQLite create, unlink and close a temporary file (its
+        # statement journal): seven system calls per commit on the webhooks' path. This connection
+        # only appends groups (at most `ingest_process.GROUP_MAX` webhooks), so what it keeps in
+        # memory is small; the Store's writer, which also runs VACUUM and migrations, keeps files.
         self._conn.execute("PRAGMA temp_store=MEMORY")
 
     def append(self, groups: Sequence[tuple[Sequence[Event], Sequence[Sequence[str]]]]) -> list[list[bool]]:

@@ -1,8 +1,8 @@
 """`classify` against every Amplitude response fixture (reference/fixtures/amplitude/*response*.json),
 plus the rules the fixtures do not show (Retry-After, 2xx with code 429, 5xx, 413 of one event...).
 
-The response bodies are copied here verbatim (test data) so the suite runs without the reference
-folder; when the folder is present, a test checks the copies still match it and none is missing.
+The response bodies are copied here verbatim, next to the tests that read them; a test checks that
+they still match the reference copy in tests/reference and that none is missing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`classify` for every Track API answer customerio.md §2.6 documents (the 207 and v1 400 bodies are
-copied from reference/fixtures/customerio/track-api/constructed/ and checked against it when present),
+copied from tests/reference/customerio/track-api/constructed/ and checked against it),
 plus the rules the reference leaves open (429, 413, Retry-After, 5xx) and the hosts."""
 
 from __future__ import annotations
