@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from loopwire.store.base import Connection, Store
+from loopwire.store.base import BY_USER, Connection, Store
 
 
 class Membership(NamedTuple):
@@ -21,13 +21,14 @@ class Reader:
 
     def __init__(self, store: Store) -> None:
         self._conn = store.reader()
+        self._by_user = BY_USER[store.dialect]
 
     def histories(self, user_ids: Sequence[str]) -> dict[str, list[bytes]]:
         found: dict[str, list[bytes]] = {user: [] for user in user_ids}
         for start in range(0, len(user_ids), 500):
             chunk = user_ids[start : start + 500]
             rows = self._conn.execute(
-                f"SELECT user_id, body FROM events WHERE user_id IN ({','.join('?' * len(chunk))})"
+                f"SELECT user_id, body FROM events WHERE {self._by_user} IN ({','.join('?' * len(chunk))})"
                 " AND source != 'loopwire' ORDER BY user_id, time_ms",
                 chunk,
             ).fetchall()

@@ -26,6 +26,25 @@ T = TypeVar("T")
 Dialect = Literal["sqlite", "postgres"]
 STATES = ("pending", "in_flight", "delivered", "dead", "skipped")
 
+# SQLite's `events_user` is keyed first by the part of the log an event is in, `seq >> PART_BITS`
+# (migration 14, which spells the 20 out), so that new entries go into the newest part's leaves.
+PART_BITS = 20
+# The left side of a lookup of people's events by user id (`f"WHERE {BY_USER[d]} = ?"`, `… IN (…)`)
+# that seeks `events_user`: on SQLite once per part, from the first seq's to the last's; PostgreSQL's
+# log is partitioned by seq, each partition with its own (user_id, time_ms) index.
+BY_USER: dict[Dialect, str] = {
+    "sqlite": f"(seq >> {PART_BITS}) IN (WITH RECURSIVE part(n) AS (SELECT (SELECT MIN(seq) FROM events)"
+    f" >> {PART_BITS} UNION ALL SELECT n + 1 FROM part WHERE n < (SELECT MAX(seq) FROM events) >> {PART_BITS})"
+    " SELECT n FROM part) AND user_id",
+    "postgres": "user_id",
+}
+
+
+def newest_seqs(dialect: Dialect) -> str:
+    """The seqs of a person's newest events (parameters: user id, how many), from the index alone:
+    for a `WHERE seq IN (…)`, so that only those rows are read, however long the history."""
+    return f"SELECT seq FROM events WHERE {BY_USER[dialect]} = ? ORDER BY time_ms DESC, seq DESC LIMIT ?"
+
 
 class Footprint(msgspec.Struct, frozen=True):
     """The store on disk: the file, its WAL, and how much of them is free pages (freed by deletes

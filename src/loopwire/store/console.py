@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from loopwire.store.base import Connection, Store
+from loopwire.store.base import Connection, Store, newest_seqs
 
 
 def _indexed(store: Store, index: str) -> str:
@@ -217,8 +217,8 @@ def person_events(
     """A person's newest events: (seq, id, source, kind, channel, metric, name, time_ms, body)."""
     rows: list[Any] = store.read(
         lambda c: c.execute(
-            "SELECT seq, id, source, kind, channel, metric, name, time_ms, body FROM events WHERE user_id = ?"
-            " ORDER BY time_ms DESC LIMIT ?",
+            "SELECT seq, id, source, kind, channel, metric, name, time_ms, body FROM events WHERE seq IN"
+            f" ({newest_seqs(store.dialect)}) ORDER BY time_ms DESC, seq DESC",
             (user_id, limit),
         ).fetchall()
     )

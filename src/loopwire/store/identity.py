@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from loopwire.store.base import Connection, Store
+from loopwire.store.base import BY_USER, Connection, Store, newest_seqs
 from loopwire.store.sqlite import connect
 
 T = TypeVar("T")
@@ -435,7 +435,9 @@ def component(
 def user_has_events(store: Store, user_id: str) -> bool:
     return bool(
         store.read(
-            lambda c: c.execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,)).fetchone()
+            lambda c: c.execute(
+                f"SELECT 1 FROM events WHERE {BY_USER[store.dialect]} = ? LIMIT 1", (user_id,)
+            ).fetchone()
         )
     )
 
@@ -474,14 +476,14 @@ def person_events(store: Store, idents: Sequence[tuple[str, str]], limit: int) -
 
     seqs = of(store).read(seqs_of)
     json_ints = _JSON_INTS[store.dialect]
+    user_seqs = newest_seqs(store.dialect)
 
     def query(c: Connection) -> list[EventRow]:
         rows: dict[int, Any] = {}
         for kind, value in idents:
             if kind == "user_id":
                 for row in c.execute(
-                    f"SELECT {columns} FROM events WHERE user_id = ? ORDER BY time_ms DESC LIMIT ?",
-                    (value, limit),
+                    f"SELECT {columns} FROM events WHERE seq IN ({user_seqs})", (value, limit)
                 ):
                     rows[row[0]] = row
         for row in c.execute(

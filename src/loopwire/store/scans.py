@@ -8,6 +8,9 @@ recompute checks every row it gets with the evaluator's own matchers.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import operator
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,7 +18,7 @@ from typing import Any, NamedTuple
 
 from loopwire.model import event_pattern
 from loopwire.store.audiences import Membership
-from loopwire.store.base import Dialect, Reader, ScanTarget
+from loopwire.store.base import PART_BITS, Dialect, Reader, ScanTarget
 from loopwire.store.sqlite import connect
 
 MMAP_BYTES = 1 << 34  # read the file through the page cache without copying (SQLite caps it)
@@ -27,6 +30,7 @@ ScanRow = tuple[str, int, str, str, str | None, str | None, str | None, bytes | 
 # a Customer.io message, else the name, or the kind when the name is missing or empty.
 _IS_MESSAGE = "source = 'customerio' AND channel IS NOT NULL"
 _PROFILE_ROW = "source = 'amplitude' OR (source = 'segment' AND kind = 'identify')"  # `profile_of`'s
+_USER = operator.itemgetter(0)
 _WILDCARD = re.compile(r"[*?]")  # as in `model.event_pattern`, where brackets are literal
 
 
@@ -133,6 +137,16 @@ def _in_range(
     return sql, args
 
 
+def _people_sql(
+    where: str, args: tuple[Any, ...], lo: Bound, hi: Bound, last_seq: int, dialect: Dialect
+) -> tuple[str, tuple[Any, ...]]:
+    sql, args = _in_range(f"SELECT user_id, COUNT(*) FROM events WHERE {where}", args, lo, hi, dialect)
+    return sql + f" AND seq <= ? GROUP BY user_id ORDER BY user_id{_DIALECTS[dialect].collate}", (
+        *args,
+        last_seq,
+    )
+
+
 def _selected_sql(
     wanted: ScanFilter, now_ms: int, first: int, last: int, dialect: Dialect
 ) -> tuple[str, tuple[Any, ...]]:
@@ -183,15 +197,23 @@ class LogScan:
     def people(self, lo: Bound, hi: Bound, last_seq: int) -> Iterator[tuple[str, int]]:
         """Every user with an id in [lo, hi) and their number of events up to `last_seq`, in id order,
         from the `events_user` index alone (loopwire's own events included)."""
-        sql, args = _in_range(
-            "SELECT user_id, COUNT(*) FROM events WHERE user_id IS NOT NULL", (), lo, hi, self._dialect
-        )
-        collate = _DIALECTS[self._dialect].collate
-        return iter(
-            self._conn.execute(
-                sql + f" AND seq <= ? GROUP BY user_id ORDER BY user_id{collate}", (*args, last_seq)
+        if self._dialect == "postgres":
+            return iter(
+                self._conn.execute(*_people_sql("user_id IS NOT NULL", (), lo, hi, last_seq, "postgres"))
             )
+        # SQLite's index is keyed by the part of the log first (store.base.BY_USER): each part read
+        # in user order (no sort), and the parts' counts merged
+        first, _ = self.seqs()
+        parts = (
+            self._conn.execute(
+                *_people_sql(
+                    f"(seq >> {PART_BITS}) = ? AND user_id IS NOT NULL", (part,), lo, hi, last_seq, "sqlite"
+                )
+            )
+            for part in range((first or 1) >> PART_BITS, (last_seq >> PART_BITS) + 1)
         )
+        merged = heapq.merge(*parts, key=_USER)
+        return ((user_id, sum(n for _, n in rows)) for user_id, rows in itertools.groupby(merged, key=_USER))
 
     def memberships(self, audiences: Iterable[str], lo: Bound, hi: Bound) -> dict[str, dict[str, Membership]]:
         """The stored membership rows of the users in [lo, hi)."""
