@@ -736,4 +736,9 @@ def test_python_sdk_drops_the_event_amplitude_rejects(base_url: str, sb: Amplitu
         client.shutdown()
     assert sorted(e.get("user_id", e.get("device_id")) for e in sb.events) == ["cust_000123", "dev-0001-abcd"]
     assert ("Viewed", 400) in recorder.calls
-    assert [(r["status"], r["events"]) for r in sb.requests] == [(400, 3), (200, 2)]
+    # The SDK puts the two valid events back on its queue; its worker may send them in one request or
+    # in two, depending on when it wakes, so only the totals are fixed.
+    first, *retries = [(r["status"], r["events"]) for r in sb.requests]
+    assert first == (400, 3)
+    assert {status for status, _ in retries} == {200}
+    assert sum(n for _, n in retries) == 2
