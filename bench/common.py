@@ -285,6 +285,10 @@ class WrkRun:
     repeats: int  # requests sent after a thread had cycled through its share of the request file
     warmups: int  # paced runs: the first request of each connection, a GET of /healthz
     command: str
+    # The share of the machine's CPU time the hypervisor gave to other guests while wrk ran (from
+    # /proc/stat; None where it is not there). On a shared VM a run with a high share is slow for
+    # reasons outside the benchmark: compare ratios of runs with similar shares.
+    steal: float | None = None
 
     @property
     def rate(self) -> float:
@@ -299,6 +303,15 @@ class WrkRun:
 def pooled_rate(runs: Sequence[WrkRun]) -> float:
     """Requests per second over several runs together (each run weighs by its length)."""
     return sum(r.requests for r in runs) / sum(r.duration_s for r in runs)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks since boot, from the first line of /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields)) if len(fields) > 7 else None
 
 
 def run_wrk(
@@ -327,7 +340,12 @@ def run_wrk(
         "--",
         *script_args,
     ]
+    before = cpu_ticks()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, cwd=ROOT)
+    after = cpu_ticks()
+    steal = None
+    if before is not None and after is not None and after[1] > before[1]:
+        steal = round((after[0] - before[0]) / (after[1] - before[1]), 3)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     summary = None
@@ -347,6 +365,7 @@ def run_wrk(
         repeats=summary["repeats"],
         warmups=summary["warmups"],
         command="wrk " + " ".join(shown),
+        steal=steal,
     )
 
 

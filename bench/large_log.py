@@ -160,6 +160,7 @@ def big_log_result(
             **details,
             "rates_per_run": {k: [round(r.rate) for r in v] for k, v in runs.items()},
             "ratio_per_pair": [round(r, 3) for r in paired],
+            "steal_per_run": {k: [r.steal for r in v] for k, v in runs.items()},
             "latency_p99_ms": {k: [round(r.latency_us["p99"] / 1000, 1) for r in v] for k, v in runs.items()},
         },
     )

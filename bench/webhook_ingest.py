@@ -277,6 +277,7 @@ def run(
             **common,
             "rounds": rounds,
             "rates_per_run": rates,
+            "steal_per_run": {kind: [r.steal for r in kind_runs] for kind, kind_runs in runs.items()},
             "command": runs["loopwire"][0].command,
             "baseline_command": runs["hello"][0].command,
             "latency_ms": _ms(runs["loopwire"][-1].latency_us),
