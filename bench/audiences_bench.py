@@ -379,6 +379,8 @@ def build(path: Path, events: int, profiles: int) -> dict[str, Any]:
     from loopwire.store.migrations import migrate
 
     began = time.perf_counter()
+    # readable by its owner only, as loopwire creates a store (else each worker's SQLiteStore warns)
+    path.touch(0o600)
     conn = sqlite3.connect(str(path), isolation_level=None)
     migrate(conn)
     # Build only: no rollback journal and no fsync, and the secondary indexes of `events` dropped and
@@ -644,6 +646,7 @@ def open_log(directory: Path, events: int, profiles: int) -> tuple[Path, dict[st
         return path, {**build(path, events, profiles), "cached": False}, False
     path = cache_path(events, profiles)
     if is_cached(events, profiles):
+        path.chmod(0o600)  # kept by an older run, which built it readable by others
         return path, {**json.loads(_info(path).read_text()), "cached": True}, True
     CACHE.mkdir(parents=True, exist_ok=True)
     current = path.stem.split("-seed")[0]  # the generator's version and the schema
