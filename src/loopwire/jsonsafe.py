@@ -12,8 +12,8 @@ Three things msgspec lets through, or raises as something other than a decode er
     integer literals.)
 
 The walk that finds the last two runs only when the body could hold them (more brackets than
-`MAX_DEPTH`, or a run of 19 digits), so a small webhook pays two `bytes.count` and one
-`bytes.translate`: about 1 µs.
+`MAX_DEPTH`, or a run of 19 digits), so a small webhook pays one `bytes.translate`, one
+`bytes.count` and one search of the result: about 0.75 µs for 460 bytes.
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ from loopwire.errors import InputError
 
 MAX_DEPTH = 64
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-# Digits stay digits ("9"), every other byte becomes a space: a run of 19 nines in the result is a
-# number that may be past 64 bits. (Five times faster than a regex for it.)
-_DIGITS = bytes(ord("9") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))
+# One pass over the body for both signs: digits become "9", opening brackets ("[" and "{") become
+# "[", every other byte a space. More than MAX_DEPTH "[" in the result may be a document too deep; a
+# run of 19 nines, a number past 64 bits. (Five times faster than a regex, and one pass fewer than
+# counting each bracket in the body.)
+_SIGNS = bytes(
+    ord("9") if 48 <= i <= 57 else ord("[") if i in (ord("["), ord("{")) else ord(" ") for i in range(256)
+)
 _LONG_RUN = b"9" * 19
 _decoder = msgspec.json.Decoder()
 
@@ -92,7 +96,8 @@ def decode(body: bytes | str) -> Any:
             raise InputError(400, "number_out_of_range", f"a number is out of range: {exc}") from None
         raise InputError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
-    suspect = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or _LONG_RUN in raw.translate(_DIGITS)
+    signs = raw.translate(_SIGNS)
+    suspect = signs.count(b"[") > MAX_DEPTH or _LONG_RUN in signs
     if suspect:
         found = problem(doc)
         if found is not None:
