@@ -110,3 +110,34 @@ def test_a_log_of_schema_13_gets_the_index_in_parts(tmp_path: Path) -> None:
         assert any((sql or "").endswith("(seq >> 20, user_id, time_ms)") for sql in indexes)
     finally:
         store.close()
+
+
+def test_the_rebuild_says_what_it_does_and_when_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a big log migration 14 takes minutes before the server answers: the operator is told."""
+    from loopwire.store import migrations
+
+    path = tmp_path / "old.db"
+    path.touch(0o600)  # as loopwire makes it (else the open warns about that first)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:13], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    for seq in (1, 2, 5):  # seqs 1..5: about 5 events, from the range
+        conn.execute(
+            "INSERT INTO events (seq, id, source, kind, user_id, time_ms, received_ms, body)"
+            " VALUES (?, ?, 'segment', 'track', 'ada', 1, 1, x'')",
+            (seq, f"e{seq}"),
+        )
+    conn.close()
+    monkeypatch.setattr(migrations, "SLOW_FROM_EVENTS", 5)
+    caplog.set_level("WARNING", logger="loopwire.store")
+    SQLiteStore(path).close()
+    said = [r.getMessage() for r in caplog.records if r.name == "loopwire.store"]
+    assert said[0].startswith("migrating the store to schema 14: it rebuilds the per-user index")
+    assert "about 5 events" in said[0]
+    assert said[1].startswith("store schema 14: done in ")
+    caplog.clear()
+    monkeypatch.setattr(migrations, "SLOW_FROM_EVENTS", 100_000)
+    SQLiteStore(tmp_path / "new.db").close()  # a new store, or a small log: nothing to say
+    assert not [r for r in caplog.records if r.name == "loopwire.store"]
