@@ -315,4 +315,3 @@ def migrate(conn: sqlite3.Connection) -> int:
         if slow is not None:
             log.warning("store schema %d: done in %.1f s", number, time.perf_counter() - started)
     return len(MIGRATIONS)
-
