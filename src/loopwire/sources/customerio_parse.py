@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from loopwire import jsonsafe
 from loopwire.errors import InputError
@@ -23,12 +23,28 @@ EVENT_ID_MAX_CHARS = 1_024
 NAME_MAX_BYTES = 100  # object_type and metric: Customer.io's event-name limit, 100 bytes (§2.5)
 PERSON_ID_MAX_BYTES = 150  # identifiers.id: Customer.io's person id limit (§2.5)
 EMAIL_MAX_BYTES = 1_000  # an attribute value (§2.5); RFC 5321 addresses are far shorter
-# (field, limit, unit, length under which no check is needed: a character is at most 4 bytes)
+
+
+class Bound(NamedTuple):
+    """A field's size limit, as refused with 400 `field_too_long`."""
+
+    field: str
+    limit: int
+    unit: str  # "bytes" or "characters"
+    short: int  # a value this long or shorter is within the limit (a character is at most 4 bytes)
+
+
+def _bound(field: str, limit: int, unit: str = "bytes") -> Bound:
+    return Bound(field, limit, unit, limit if unit == "characters" else limit // 4)
+
+
 _REQUIRED = (
-    ("event_id", EVENT_ID_MAX_CHARS, "characters", EVENT_ID_MAX_CHARS),
-    ("object_type", NAME_MAX_BYTES, "bytes", NAME_MAX_BYTES // 4),
-    ("metric", NAME_MAX_BYTES, "bytes", NAME_MAX_BYTES // 4),
+    _bound("event_id", EVENT_ID_MAX_CHARS, "characters"),
+    _bound("object_type", NAME_MAX_BYTES),
+    _bound("metric", NAME_MAX_BYTES),
 )
+_PERSON_ID = _bound("data.identifiers.id", PERSON_ID_MAX_BYTES)
+_EMAIL = _bound("data.identifiers.email", EMAIL_MAX_BYTES)
 
 
 def _timestamp_ms(value: Any) -> int:
@@ -47,12 +63,14 @@ def _timestamp_ms(value: Any) -> int:
     return round(seconds * 1000)
 
 
-def _bounded(field: str, value: str, limit: int, unit: str = "bytes") -> None:
-    if len(value) <= (limit if unit == "characters" else limit // 4):  # a character is ≤ 4 bytes
-        return
-    size = len(value) if unit == "characters" else len(value.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise InputError(400, "field_too_long", f"field `{field}` is {size} {unit}; the limit is {limit}")
+def _too_long(bound: Bound, value: str) -> None:
+    """Raise if `value` is past its bound. Called only for a value longer than `bound.short` (the
+    callers compare first: most values are short, and a call for each would cost more than the check)."""
+    size = len(value) if bound.unit == "characters" else len(value.encode("utf-8", "surrogatepass"))
+    if size > bound.limit:
+        raise InputError(
+            400, "field_too_long", f"field `{bound.field}` is {size} {bound.unit}; the limit is {bound.limit}"
+        )
 
 
 def _kind(object_type: str, metric: str, data: dict[str, Any]) -> str:
@@ -70,14 +88,15 @@ def parse_webhook(body: bytes, received_ms: int) -> Event:
     doc = jsonsafe.decode(body)
     if not isinstance(doc, dict):
         raise InputError(400, "invalid_json", "body must be a JSON object (one event per request)")
-    for field, limit, unit, short in _REQUIRED:
+    for bound in _REQUIRED:
+        field = bound.field
         value = doc.get(field)
         if value is None or value == "":
             raise InputError(400, "missing_field", f"required field `{field}` is missing")
         if type(value) is not str:
             raise InputError(400, "invalid_field", f"field `{field}` must be a string")
-        if len(value) > short:  # the usual value is shorter: no call
-            _bounded(field, value, limit, unit)
+        if len(value) > bound.short:
+            _too_long(bound, value)
     if "timestamp" not in doc:
         raise InputError(400, "missing_field", "required field `timestamp` is missing")
     try:
@@ -95,11 +114,11 @@ def parse_webhook(body: bytes, received_ms: int) -> Event:
     identifiers = identifiers if isinstance(identifiers, dict) else {}
     raw_id = identifiers.get("id")
     user_id = None if raw_id is None or raw_id == "" else str(raw_id)
-    if user_id is not None:
-        _bounded("data.identifiers.id", user_id, PERSON_ID_MAX_BYTES)
+    if user_id is not None and len(user_id) > _PERSON_ID.short:
+        _too_long(_PERSON_ID, user_id)
     email = identifiers.get("email") or data.get("email_address")
-    if isinstance(email, str):
-        _bounded("data.identifiers.email", email, EMAIL_MAX_BYTES)
+    if isinstance(email, str) and len(email) > _EMAIL.short:
+        _too_long(_EMAIL, email)
     object_type: str = doc["object_type"]
     metric: str = doc["metric"]
     return Event(
